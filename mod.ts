@@ -1,0 +1,17 @@
+/**
+ * scaivault-agent: the CLI entry for `bun run mod.ts`, `deno run -A mod.ts` and the compiled
+ * binary, and the library surface for embedding.
+ */
+export { AgentError, EXIT_CODES, type ErrorCode } from "./src/errors.ts";
+export { ScaiVaultClient, type ClientOptions, type TokenSource } from "./src/client.ts";
+export { parseSecretMappings, parseDynamicMappings, type SecretMapping, type DynamicMapping } from "./src/mapping.ts";
+export { renderSecret } from "./src/render.ts";
+export { writeFileAtomic, resolveTarget, type OutputLayout } from "./src/files.ts";
+export { runInit, type InitResult } from "./src/init.ts";
+export { loadInitConfig, loadConnection, loadOutput } from "./src/config.ts";
+export { VERSION } from "./src/version.ts";
+
+if (import.meta.main) {
+  const { runCli } = await import("./src/cli.ts");
+  await runCli(process.argv.slice(2));
+}

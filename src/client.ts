@@ -1,0 +1,452 @@
+/**
+ * ScaiVault HTTP client: one request path with the contract's retry policy, error mapping and
+ * rate-limit handling, and the calls the commands use.
+ *
+ * Retries, per ScaiVault's contract:
+ * - `rate_limited` (429): wait `Retry-After`, then retry.
+ * - `service_unavailable`, 502, 504, connection errors, timeouts: backoff with full jitter.
+ * - `internal_error` (500): retry once.
+ * - `token_expired`, `token_invalid`, `authentication_required`: fetch a fresh token, repeat once.
+ * - anything else is final.
+ * A call that is not idempotent (generating a lease) is retried only when the server cannot have
+ * acted on it: a refused connection, 429, 503 or an expired token.
+ */
+import { randomBytes } from "node:crypto";
+import { AgentError, type ErrorCode } from "./errors.ts";
+import { getLogger } from "./log.ts";
+import { backoffDelay, parseRetryAfter, sleep, type BackoffOptions } from "./retry.ts";
+import type { FetchFunction } from "./runtime.ts";
+import { ContractError, parseBatch, parseSecret, type Secret } from "./contract.ts";
+import { VERSION } from "./version.ts";
+
+const log = getLogger("client");
+
+/** Supplies bearer tokens; `invalidate` drops a cached token after the server rejected it. */
+export interface TokenSource {
+  readonly kind: string;
+  getToken(signal?: AbortSignal): Promise<string>;
+  invalidate(): void;
+}
+
+/** One finished HTTP exchange, for metrics. Carries no body. */
+export interface RequestRecord {
+  method: string;
+  route: string;
+  status: number;
+  durationMs: number;
+}
+
+export interface ClientOptions {
+  baseUrl: string;
+  tokens?: TokenSource;
+  tenantId?: string;
+  fetch?: FetchFunction;
+  /** Ends every request and wait at once: the command's deadline or shutdown. */
+  signal?: AbortSignal;
+  /** Attempts per call, the first included. @default 6 */
+  maxAttempts?: number;
+  /** Timeout of one attempt in milliseconds. @default 15000 */
+  requestTimeoutMs?: number;
+  backoff?: BackoffOptions;
+  /** Called after every attempt that reached the server. */
+  onRequest?: (record: RequestRecord) => void;
+}
+
+export interface RequestOptions {
+  body?: unknown;
+  query?: Record<string, string | number | undefined>;
+  /** Sends the bearer token. @default true */
+  auth?: boolean;
+  /** Whether a repeat after an unclear failure is safe. @default true */
+  idempotent?: boolean;
+  /** Route name for logs and metrics, without ids or paths of secrets. */
+  route: string;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface ApiResponse {
+  status: number;
+  body: unknown;
+  requestId?: string;
+}
+
+/** Result of reading several secrets: what was read and, per path, why the rest was not. */
+export interface ReadResult {
+  secrets: Map<string, Secret>;
+  errors: Map<string, AgentError>;
+}
+
+/** Largest batch the contract allows. */
+export const MAX_BATCH_PATHS = 100;
+
+export class ScaiVaultClient {
+  readonly baseUrl: string;
+  readonly #options: ClientOptions;
+  readonly #fetch: FetchFunction;
+  #batchSupported = true;
+
+  constructor(options: ClientOptions) {
+    let url: URL;
+    try {
+      url = new URL(options.baseUrl);
+    } catch {
+      throw new AgentError("config", `Invalid SCAIVAULT_URL "${options.baseUrl}": write a URL such as https://scaivault.scailabs.ai`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") {
+      throw new AgentError("config", `Invalid SCAIVAULT_URL "${options.baseUrl}": use http:// or https://`);
+    }
+
+    this.baseUrl = url.href.replace(/\/+$/, "");
+    this.#options = options;
+    this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+  }
+
+  /** Returns a client that shares this one's settings but sends no token, for the exchange. */
+  withoutTokens(): ScaiVaultClient {
+    return new ScaiVaultClient({ ...this.#options, tokens: undefined });
+  }
+
+  /** Returns a client that shares settings but uses `tokens`. */
+  withTokens(tokens: TokenSource): ScaiVaultClient {
+    return new ScaiVaultClient({ ...this.#options, tokens });
+  }
+
+  /**
+   * Sends one API call with the retry policy above.
+   *
+   * @throws AgentError with a code from the server's error code, the request id and the route.
+   */
+  async request(method: string, path: string, options: RequestOptions): Promise<ApiResponse> {
+    const maxAttempts = this.#options.maxAttempts ?? 6;
+    const idempotent = options.idempotent ?? true;
+    let refreshedToken = false;
+    let internalRetried = false;
+    let lastError: AgentError | undefined;
+
+    for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+      this.#throwIfAborted(options, lastError);
+
+      let waitMs: number;
+      try {
+        return await this.#send(method, path, options);
+      } catch (error) {
+        if (!(error instanceof AgentError)) throw error;
+        lastError = error;
+
+        const decision = this.#decide(error, { idempotent, refreshedToken, internalRetried, attempt });
+        if (decision === "final") throw error;
+        if (decision === "refresh") {
+          refreshedToken = true;
+          this.#options.tokens?.invalidate();
+          log.info("Token rejected, fetching a fresh one", { route: options.route, requestId: error.requestId, serverCode: error.serverCode });
+          continue;
+        }
+        if (error.serverCode === "internal_error") internalRetried = true;
+
+        waitMs = decision === "retry-after" && error.retryAfterMs !== undefined
+          ? error.retryAfterMs
+          : backoffDelay(attempt, this.#options.backoff);
+      }
+
+      if (attempt === maxAttempts) break;
+      log.warn("Request failed, retrying", {
+        route: options.route,
+        attempt,
+        delayMs: waitMs,
+        error: lastError.message,
+        requestId: lastError.requestId,
+      });
+      await this.#wait(waitMs, options, lastError);
+    }
+
+    throw new AgentError(lastError!.code, `${lastError!.message} (gave up after ${maxAttempts} attempts)`, {
+      cause: lastError,
+      serverCode: lastError!.serverCode,
+      requestId: lastError!.requestId,
+      status: lastError!.status,
+    });
+  }
+
+  /** Reads one secret, or one version of it. */
+  async getSecret(path: string, version?: number): Promise<Secret> {
+    const response = await this.request("GET", `/v1/secrets/${path}`, {
+      route: "secrets.get",
+      query: { version },
+    });
+    return this.#parse(() => parseSecret(response.body, path), response);
+  }
+
+  /**
+   * Reads many secrets with batch reads of at most 100 paths, falling back to single reads when the
+   * server has no batch endpoint. A path the server refuses lands in `errors`; a failure of a
+   * whole call (unreachable, authentication) throws.
+   */
+  async readSecrets(paths: string[], concurrency = 8): Promise<ReadResult> {
+    const unique = [...new Set(paths)];
+    const result: ReadResult = { secrets: new Map(), errors: new Map() };
+
+    for (let start = 0; start < unique.length; start += MAX_BATCH_PATHS) {
+      const chunk = unique.slice(start, start + MAX_BATCH_PATHS);
+      if (this.#batchSupported && (await this.#readBatch(chunk, result))) continue;
+      await this.#readSingles(chunk, result, concurrency);
+    }
+    return result;
+  }
+
+  /** Writes a secret; used by tests and the `get`/`dev` tooling. */
+  async putSecret(path: string, data: Record<string, unknown>, secretType = "json"): Promise<Secret> {
+    const response = await this.request("PUT", `/v1/secrets/${path}`, {
+      route: "secrets.put",
+      body: { data, secret_type: secretType },
+    });
+    return this.#parse(() => parseSecret(response.body, path), response);
+  }
+
+  /** Returns `GET /v1/auth/whoami`. */
+  async whoami(): Promise<Record<string, unknown>> {
+    const response = await this.request("GET", "/v1/auth/whoami", { route: "auth.whoami" });
+    return (response.body ?? {}) as Record<string, unknown>;
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  async #readBatch(paths: string[], result: ReadResult): Promise<boolean> {
+    let response: ApiResponse;
+    try {
+      response = await this.request("POST", "/v1/secrets/batch", {
+        route: "secrets.batch",
+        body: { paths, options: { include_metadata: false, fail_fast: false } },
+      });
+    } catch (error) {
+      if (error instanceof AgentError && isMissingEndpoint(error)) {
+        log.info("Server has no batch endpoint, reading secrets one by one", { status: error.status, requestId: error.requestId });
+        this.#batchSupported = false;
+        return false;
+      }
+      throw error;
+    }
+
+    const batch = this.#parse(() => parseBatch(response.body), response);
+    for (const path of paths) {
+      const secret = batch.secrets.get(path);
+      if (secret) {
+        result.secrets.set(path, secret);
+        continue;
+      }
+
+      const entry = batch.errors.get(path) ?? { code: "secret_not_found", message: "missing from batch response" };
+      result.errors.set(
+        path,
+        new AgentError(codeForServerCode(entry.code, 0), `Cannot read secret "${path}": ${entry.code}`, {
+          serverCode: entry.code,
+          requestId: response.requestId,
+        }),
+      );
+    }
+    return true;
+  }
+
+  async #readSingles(paths: string[], result: ReadResult, concurrency: number): Promise<void> {
+    const queue = [...paths];
+
+    const worker = async (): Promise<void> => {
+      for (let path = queue.shift(); path !== undefined; path = queue.shift()) {
+        try {
+          result.secrets.set(path, await this.getSecret(path));
+        } catch (error) {
+          if (!(error instanceof AgentError) || !isPerSecretError(error)) throw error;
+          result.errors.set(path, error);
+        }
+      }
+    };
+
+    await Promise.all(Array.from({ length: Math.min(concurrency, paths.length) }, worker));
+  }
+
+  async #send(method: string, path: string, options: RequestOptions): Promise<ApiResponse> {
+    const url = new URL(this.baseUrl + path);
+    for (const [key, value] of Object.entries(options.query ?? {})) {
+      if (value !== undefined) url.searchParams.set(key, String(value));
+    }
+
+    const requestId = `agent-${randomBytes(8).toString("hex")}`;
+    const headers: Record<string, string> = {
+      accept: "application/json",
+      "user-agent": `scaivault-agent/${VERSION}`,
+      "x-request-id": requestId,
+    };
+    if (options.body !== undefined) headers["content-type"] = "application/json";
+    if (this.#options.tenantId) headers["x-tenant-id"] = this.#options.tenantId;
+    if (options.auth !== false && this.#options.tokens) {
+      headers.authorization = `Bearer ${await this.#options.tokens.getToken(this.#options.signal)}`;
+    }
+
+    const timeout = AbortSignal.timeout(options.timeoutMs ?? this.#options.requestTimeoutMs ?? 15_000);
+    const signals = [timeout, this.#options.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
+    const started = performance.now();
+
+    let response: Response;
+    try {
+      response = await this.#fetch(url, {
+        method,
+        headers,
+        body: options.body === undefined ? undefined : JSON.stringify(options.body),
+        signal: AbortSignal.any(signals),
+      });
+    } catch (error) {
+      throw this.#networkError(error, method, options, requestId, timeout);
+    }
+
+    const text = await response.text().catch(() => "");
+    const serverRequestId = response.headers.get("x-request-id") ?? requestId;
+    this.#options.onRequest?.({ method, route: options.route, status: response.status, durationMs: performance.now() - started });
+
+    let body: unknown = undefined;
+    if (text !== "") {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        body = undefined;
+      }
+    }
+
+    if (response.ok) return { status: response.status, body, requestId: serverRequestId };
+    throw errorFromResponse(response, body, options.route, serverRequestId);
+  }
+
+  #networkError(error: unknown, method: string, options: RequestOptions, requestId: string, timeout: AbortSignal): AgentError {
+    const what = `${method} ${options.route}`;
+    if (this.#options.signal?.aborted || options.signal?.aborted) {
+      return new AgentError("timeout", `Cannot complete ${what}: the deadline passed or the agent is stopping`, { cause: error, requestId });
+    }
+    if (timeout.aborted) {
+      return new RetryableError("unreachable", `Cannot reach ScaiVault at ${this.baseUrl} for ${what}: no response in time`, {
+        cause: error,
+        requestId,
+      }, { sent: true });
+    }
+
+    const code = (error as { code?: string }).code ?? (error as Error).name;
+    return new RetryableError("unreachable", `Cannot reach ScaiVault at ${this.baseUrl} for ${what}: ${code}`, { cause: error, requestId }, {
+      sent: !/ECONNREFUSED|ConnectionRefused|ENOTFOUND|EAI_AGAIN/i.test(String(code)),
+    });
+  }
+
+  #decide(
+    error: AgentError,
+    state: { idempotent: boolean; refreshedToken: boolean; internalRetried: boolean; attempt: number },
+  ): "final" | "refresh" | "retry-after" | "backoff" {
+    const server = error.serverCode;
+
+    if (server === "token_expired" || server === "token_invalid" || server === "authentication_required") {
+      return this.#options.tokens && !state.refreshedToken ? "refresh" : "final";
+    }
+    if (server === "rate_limited" || error.status === 429) return "retry-after";
+    if (server === "service_unavailable" || error.status === 503) return "backoff";
+    if (error.status === 502 || error.status === 504) return state.idempotent ? "backoff" : "final";
+    if (server === "internal_error" || error.status === 500) return state.internalRetried || !state.idempotent ? "final" : "backoff";
+    if (error instanceof RetryableError) return state.idempotent || !error.sent ? "backoff" : "final";
+    return "final";
+  }
+
+  #throwIfAborted(options: RequestOptions, lastError: AgentError | undefined): void {
+    if (!this.#options.signal?.aborted && !options.signal?.aborted) return;
+    if (lastError) throw lastError;
+    throw new AgentError("timeout", `Cannot start ${options.route}: the deadline passed or the agent is stopping`);
+  }
+
+  async #wait(ms: number, options: RequestOptions, lastError: AgentError): Promise<void> {
+    const signals = [this.#options.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
+    try {
+      await sleep(ms, signals.length ? AbortSignal.any(signals) : undefined);
+    } catch {
+      // The deadline passed while waiting: report the failure that made us wait.
+      throw lastError;
+    }
+  }
+
+  #parse<T>(parse: () => T, response: ApiResponse): T {
+    try {
+      return parse();
+    } catch (error) {
+      if (!(error instanceof ContractError)) throw error;
+      throw new AgentError("server", `Unexpected response from ScaiVault: ${error.message}`, { requestId: response.requestId });
+    }
+  }
+}
+
+/** Maps a ScaiVault error code (and, without one, the HTTP status) to the agent's error code. */
+export function codeForServerCode(serverCode: string | undefined, status: number): ErrorCode {
+  switch (serverCode) {
+    case "authentication_required":
+    case "token_expired":
+    case "token_invalid":
+    case "token_revoked":
+      return "auth";
+    case "access_denied":
+    case "insufficient_scope":
+    case "ip_not_allowed":
+    case "tenant_access_denied":
+      return "forbidden";
+    case "secret_not_found":
+    case "version_not_found":
+    case "subscription_not_found":
+    case "lease_not_found":
+      return "not_found";
+    case "rate_limited":
+      return "rate_limited";
+    case "service_unavailable":
+      return "unreachable";
+    case "internal_error":
+      return "server";
+    case "lease_not_renewable":
+      return "lease";
+    case "invalid_request":
+    case "invalid_path":
+    case "invalid_duration":
+    case "invalid_config":
+    case "invalid_role":
+    case "validation_error":
+      return "config";
+  }
+
+  if (status === 401) return "auth";
+  if (status === 403) return "forbidden";
+  if (status === 404) return "not_found";
+  if (status === 429) return "rate_limited";
+  if (status === 502 || status === 503 || status === 504) return "unreachable";
+  return "server";
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** A failure before any response: `sent` tells whether the server may have acted on it. */
+class RetryableError extends AgentError {
+  readonly sent: boolean;
+
+  constructor(code: ErrorCode, message: string, options: ConstructorParameters<typeof AgentError>[2], extra: { sent: boolean }) {
+    super(code, message, options);
+    this.sent = extra.sent;
+  }
+}
+
+function errorFromResponse(response: Response, body: unknown, route: string, requestId: string): AgentError {
+  const envelope = (body as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
+  const serverCode = typeof envelope?.code === "string" ? envelope.code : undefined;
+  const code = codeForServerCode(serverCode, response.status);
+
+  // The server's message is not included: a misbehaving server could echo a value into it.
+  const message = `ScaiVault rejected ${route}: ${response.status} ${serverCode ?? response.statusText}`;
+  const retryAfterMs = parseRetryAfter(response.headers.get("retry-after"));
+  return new AgentError(code, message, { serverCode, requestId, status: response.status, retryAfterMs });
+}
+
+function isMissingEndpoint(error: AgentError): boolean {
+  if (error.status === 405 || error.status === 501) return true;
+  return error.status === 404 && (error.serverCode === undefined || error.serverCode === "not_found");
+}
+
+function isPerSecretError(error: AgentError): boolean {
+  return error.code === "not_found" || error.code === "forbidden" || error.code === "config";
+}

@@ -1,0 +1,160 @@
+/**
+ * The one file writer: targets confined to the configured output directories, content compared
+ * before writing, and every write atomic on POSIX (temporary file in the target's directory,
+ * fsync, chmod, rename), so that a reader sees the old file or the new one and never a part.
+ */
+import { randomBytes } from "node:crypto";
+import { chmod, mkdir, open, readFile, realpath, rename, stat, unlink } from "node:fs/promises";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { AgentError } from "./errors.ts";
+
+/** Where files may go. */
+export interface OutputLayout {
+  /** Absolute directories that targets must stay inside; relative targets go under the first. */
+  dirs: string[];
+  /** Directory under which absolute targets and `dirs` are resolved; "" means the real root. */
+  prefix: string;
+}
+
+export interface WriteResult {
+  /** False when the file already held these bytes with this mode, so nothing was written. */
+  changed: boolean;
+  path: string;
+}
+
+/**
+ * Resolves a target as written in the configuration to a path on disk, and checks that it stays
+ * inside one of the output directories by its text. `writeFileAtomic` checks symlinks as well.
+ *
+ * @throws AgentError `config` naming the target and the allowed directories.
+ */
+export function resolveTarget(target: string, layout: OutputLayout): string {
+  const dirs = layout.dirs.map((dir) => applyPrefix(resolve(dir), layout.prefix));
+  const first = dirs[0];
+  if (first === undefined) throw new AgentError("config", "No output directory is configured; set OUTPUT_DIRS");
+
+  const path = isAbsolute(target) ? applyPrefix(resolve(target), layout.prefix) : resolve(first, target);
+  if (!dirs.some((dir) => isInside(path, dir))) {
+    throw new AgentError(
+      "config",
+      `Target file "${target}" is outside the output directories (${layout.dirs.join(", ")}); ` +
+        "write it under one of them or add its directory to OUTPUT_DIRS",
+    );
+  }
+  return path;
+}
+
+/** Returns the directories of `layout` as paths on disk. */
+export function outputDirs(layout: OutputLayout): string[] {
+  return layout.dirs.map((dir) => applyPrefix(resolve(dir), layout.prefix));
+}
+
+/**
+ * Writes `bytes` to `path` atomically with `mode`, unless the file already holds exactly these
+ * bytes, in which case it only corrects the mode and reports `changed: false`. Missing parent
+ * directories inside an output directory are created with mode 0755.
+ *
+ * @throws AgentError `write` naming the path; an existing file is left as it was.
+ */
+export async function writeFileAtomic(
+  path: string,
+  bytes: Uint8Array,
+  options: { mode: number; layout: OutputLayout },
+): Promise<WriteResult> {
+  const dir = dirname(path);
+  await ensureConfinedDir(dir, options.layout, path);
+
+  const current = await readIfExists(path);
+  if (current && Buffer.compare(current.bytes, bytes) === 0) {
+    if (current.mode !== options.mode) await chmod(path, options.mode);
+    return { changed: false, path };
+  }
+
+  const temporary = join(dir, `.${basename(path)}.tmp-${randomBytes(6).toString("hex")}`);
+  let renamed = false;
+  try {
+    const handle = await open(temporary, "wx", options.mode);
+    try {
+      await handle.writeFile(bytes);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+
+    // open() applies the umask; set the mode the user asked for before the file becomes visible.
+    await chmod(temporary, options.mode);
+    await rename(temporary, path);
+    renamed = true;
+    await syncDirectory(dir);
+    return { changed: true, path };
+  } catch (error) {
+    if (error instanceof AgentError) throw error;
+    throw new AgentError("write", `Cannot write file "${path}": ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
+      cause: error,
+    });
+  } finally {
+    if (!renamed) await unlink(temporary).catch(() => {});
+  }
+}
+
+/** Reads a file, or returns undefined when it does not exist. */
+export async function readIfExists(path: string): Promise<{ bytes: Buffer; mode: number } | undefined> {
+  try {
+    const [bytes, info] = await Promise.all([readFile(path), stat(path)]);
+    return { bytes, mode: info.mode & 0o7777 };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new AgentError("write", `Cannot read file "${path}": ${(error as NodeJS.ErrnoException).code ?? "error"}`, { cause: error });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function applyPrefix(absolute: string, prefix: string): string {
+  return prefix ? join(resolve(prefix), absolute) : absolute;
+}
+
+function isInside(path: string, dir: string): boolean {
+  const rel = relative(dir, path);
+  return rel !== "" && !rel.startsWith("..") && !isAbsolute(rel) && rel.split(sep)[0] !== "..";
+}
+
+/**
+ * Creates `dir` if needed and checks, after resolving symlinks, that it is still inside an output
+ * directory, so that a symlink planted in the volume cannot redirect a write.
+ */
+async function ensureConfinedDir(dir: string, layout: OutputLayout, target: string): Promise<void> {
+  const roots = outputDirs(layout);
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o755 });
+  } catch (error) {
+    throw new AgentError("write", `Cannot create directory "${dir}" for "${target}": ${(error as NodeJS.ErrnoException).code ?? "error"}`, {
+      cause: error,
+    });
+  }
+
+  const realDir = await realpath(dir);
+  for (const root of roots) {
+    const realRoot = await realpath(root).catch(() => undefined);
+    if (realRoot !== undefined && (realDir === realRoot || isInside(realDir, realRoot))) return;
+  }
+
+  throw new AgentError(
+    "config",
+    `Target file "${target}" resolves through a symlink to "${realDir}", outside the output directories; remove the symlink`,
+  );
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  // Makes the rename durable across a node crash. Not every file system allows it, so it is best effort.
+  try {
+    const handle = await open(dir, "r");
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  } catch {
+    // An fsync on a directory is refused by some file systems; the rename itself is already atomic.
+  }
+}

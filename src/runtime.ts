@@ -1,0 +1,97 @@
+/**
+ * The one place that touches `Bun.*` and `Deno.*`. Everything else uses web `fetch` and `node:`
+ * built-ins, so that `bun run mod.ts` and `deno run -A mod.ts` behave the same.
+ */
+import { readFileSync } from "node:fs";
+
+export type FetchFunction = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
+
+export interface HttpServer {
+  /** `http://host:port` with the port actually bound. */
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+interface BunLike {
+  version: string;
+  serve(options: {
+    hostname: string;
+    port: number;
+    idleTimeout?: number;
+    fetch: (request: Request) => Response | Promise<Response>;
+  }): { port: number; stop(closeActive?: boolean): void | Promise<void> };
+}
+
+interface DenoLike {
+  version: { deno: string };
+  serve(
+    options: { hostname: string; port: number; onListen?: (addr: unknown) => void },
+    handler: (request: Request) => Response | Promise<Response>,
+  ): { addr: { port: number }; shutdown(): Promise<void> };
+  createHttpClient(options: { caCerts: string[] }): unknown;
+}
+
+const bun = (globalThis as { Bun?: BunLike }).Bun;
+const deno = (globalThis as { Deno?: DenoLike }).Deno;
+
+/** `bun`, `deno` or `node`, for `Version` answers and logs. */
+export const runtimeName: string = bun ? "bun" : deno ? "deno" : "node";
+
+/** Version of the running runtime. */
+export const runtimeVersion: string = bun ? bun.version : deno ? deno.version.deno : process.versions.node;
+
+/**
+ * Serves `handler` on `hostname:port` (port 0 picks a free one). Long-polling handlers need idle
+ * connections kept open, so Bun's idle timeout is raised to its maximum of 255 seconds.
+ */
+export async function serveHttp(
+  handler: (request: Request) => Response | Promise<Response>,
+  options: { hostname: string; port: number },
+): Promise<HttpServer> {
+  const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
+
+  if (bun) {
+    const server = bun.serve({ hostname: options.hostname, port: options.port, idleTimeout: 255, fetch: handler });
+    return {
+      url: `http://${host}:${server.port}`,
+      port: server.port,
+      stop: async () => {
+        await server.stop(true);
+      },
+    };
+  }
+
+  if (deno) {
+    const server = deno.serve({ hostname: options.hostname, port: options.port, onListen: () => {} }, handler);
+    return {
+      url: `http://${host}:${server.addr.port}`,
+      port: server.addr.port,
+      stop: () => server.shutdown(),
+    };
+  }
+
+  throw new Error("serveHttp needs Bun or Deno; run with `bun run mod.ts` or `deno run -A mod.ts`");
+}
+
+/**
+ * Returns a `fetch` that trusts the PEM bundle in `caFile` in addition to the system roots, or the
+ * global `fetch` when no bundle is configured.
+ */
+export function createFetch(caFile?: string): FetchFunction {
+  if (!caFile) return globalThis.fetch.bind(globalThis);
+
+  const pem = readFileSync(caFile, "utf8");
+
+  if (bun) {
+    return (input, init) => fetch(input, { ...init, tls: { ca: pem } } as RequestInit);
+  }
+
+  if (deno) {
+    const client = deno.createHttpClient({ caCerts: [pem] });
+    return (input, init) => fetch(input, { ...init, client } as RequestInit);
+  }
+
+  // NOTE: plain Node.js has no per-request CA option in fetch; NODE_EXTRA_CA_CERTS applies there.
+  return globalThis.fetch.bind(globalThis);
+}
