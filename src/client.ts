@@ -61,6 +61,8 @@ export interface RequestOptions {
   idempotent?: boolean;
   /** Route name for logs and metrics, without ids or paths of secrets. */
   route: string;
+  /** Attempts for this call, the first included; 1 lets the caller handle retries. @default the client's */
+  maxAttempts?: number;
   timeoutMs?: number;
   signal?: AbortSignal;
 }
@@ -107,6 +109,14 @@ export class ScaiVaultClient {
     return new ScaiVaultClient({ ...this.#options, tokens: undefined });
   }
 
+  /**
+   * Returns a client that shares settings and the token source but ends its requests on `signal`
+   * instead, such as a short deadline for clean-up calls after the run signal was aborted.
+   */
+  withSignal(signal: AbortSignal | undefined): ScaiVaultClient {
+    return new ScaiVaultClient({ ...this.#options, signal });
+  }
+
   /** Returns a client that shares settings but uses `tokens`. */
   withTokens(tokens: TokenSource): ScaiVaultClient {
     return new ScaiVaultClient({ ...this.#options, tokens });
@@ -118,7 +128,7 @@ export class ScaiVaultClient {
    * @throws AgentError with a code from the server's error code, the request id and the route.
    */
   async request(method: string, path: string, options: RequestOptions): Promise<ApiResponse> {
-    const maxAttempts = this.#options.maxAttempts ?? 6;
+    const maxAttempts = options.maxAttempts ?? this.#options.maxAttempts ?? 6;
     const idempotent = options.idempotent ?? true;
     let refreshedToken = false;
     let internalRetried = false;
@@ -127,9 +137,12 @@ export class ScaiVaultClient {
     for (let attempt = 1; attempt <= maxAttempts; attempt++) {
       this.#throwIfAborted(options, lastError);
 
+      // A token source failure is final here: the exchange already applied this policy to itself.
+      const token = options.auth !== false && this.#options.tokens ? await this.#options.tokens.getToken(this.#options.signal) : undefined;
+
       let waitMs: number;
       try {
-        return await this.#send(method, path, options);
+        return await this.#send(method, path, options, token);
       } catch (error) {
         if (!(error instanceof AgentError)) throw error;
         lastError = error;
@@ -264,7 +277,7 @@ export class ScaiVaultClient {
     await Promise.all(Array.from({ length: Math.min(concurrency, paths.length) }, worker));
   }
 
-  async #send(method: string, path: string, options: RequestOptions): Promise<ApiResponse> {
+  async #send(method: string, path: string, options: RequestOptions, token: string | undefined): Promise<ApiResponse> {
     const url = new URL(this.baseUrl + path);
     for (const [key, value] of Object.entries(options.query ?? {})) {
       if (value !== undefined) url.searchParams.set(key, String(value));
@@ -278,9 +291,7 @@ export class ScaiVaultClient {
     };
     if (options.body !== undefined) headers["content-type"] = "application/json";
     if (this.#options.tenantId) headers["x-tenant-id"] = this.#options.tenantId;
-    if (options.auth !== false && this.#options.tokens) {
-      headers.authorization = `Bearer ${await this.#options.tokens.getToken(this.#options.signal)}`;
-    }
+    if (token !== undefined) headers.authorization = `Bearer ${token}`;
 
     const timeout = AbortSignal.timeout(options.timeoutMs ?? this.#options.requestTimeoutMs ?? 15_000);
     const signals = [timeout, this.#options.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);

@@ -1,0 +1,191 @@
+/** ScaiVaultClient and token sources against the real dev server on 127.0.0.1. */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startDevServer, type DevServer } from "../src/dev/server.ts";
+import { ScaiVaultClient, type RequestRecord } from "../src/client.ts";
+import { exchangeTokenSource, reuseDeadline, staticTokenSource } from "../src/auth.ts";
+import { AgentError } from "../src/errors.ts";
+import { configureLogging } from "../src/log.ts";
+import { projectedToken } from "../src/dev/guide.ts";
+
+let server: DevServer;
+let scratch: string;
+
+beforeAll(async () => {
+  configureLogging({ level: "silent" });
+  server = await startDevServer({ port: 0, seed: { "a/one": { v: "1" }, "a/two": { v: "2" } } });
+  scratch = mkdtempSync(join(tmpdir(), "client-"));
+});
+
+afterAll(async () => {
+  await server?.stop();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+function rootClient(records?: RequestRecord[], maxAttempts = 4): ScaiVaultClient {
+  return new ScaiVaultClient({
+    baseUrl: server.url,
+    tokens: staticTokenSource(server.rootToken),
+    maxAttempts,
+    backoff: { baseMs: 5, maxMs: 20 },
+    onRequest: (record) => records?.push(record),
+  });
+}
+
+async function withFault(fault: Record<string, unknown>, run: () => Promise<void>): Promise<void> {
+  await fetch(`${server.url}/v1/dev/faults`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${server.rootToken}`, "content-type": "application/json" },
+    body: JSON.stringify(fault),
+  });
+  try {
+    await run();
+  } finally {
+    await fetch(`${server.url}/v1/dev/faults`, { method: "DELETE", headers: { authorization: `Bearer ${server.rootToken}` } });
+  }
+}
+
+describe("ScaiVaultClient", () => {
+  test("client rejects a base URL that is not http or https", () => {
+    expect(() => new ScaiVaultClient({ baseUrl: "ftp://vault" })).toThrow('Invalid SCAIVAULT_URL "ftp://vault": use http:// or https://');
+  });
+
+  test("client reads many secrets in batches of at most 100", async () => {
+    const records: RequestRecord[] = [];
+    const paths = Array.from({ length: 250 }, (_, index) => `bulk/s${index}`);
+    for (const path of paths.slice(0, 3)) await rootClient().putSecret(path, { v: path });
+
+    const result = await rootClient(records).readSecrets(paths);
+
+    expect(records.filter((record) => record.route === "secrets.batch")).toHaveLength(3);
+    expect(result.secrets.size).toBe(3);
+    expect(result.errors.size).toBe(247);
+    expect(result.errors.get("bulk/s10")?.code).toBe("not_found");
+  });
+
+  test("client retries internal_error once, then fails", async () => {
+    const records: RequestRecord[] = [];
+
+    await withFault({ path_prefix: "/v1/secrets/a/one", status: 500, code: "internal_error", count: 5 }, async () => {
+      const read = rootClient(records).getSecret("a/one");
+      await expect(read).rejects.toMatchObject({ code: "server", serverCode: "internal_error" });
+    });
+
+    expect(records).toHaveLength(2);
+  });
+
+  test("client does not repeat a non-idempotent call after 502", async () => {
+    const records: RequestRecord[] = [];
+
+    await withFault({ path_prefix: "/v1/secrets/a/one", status: 502, code: "bad_gateway", count: 5 }, async () => {
+      const call = rootClient(records).request("POST", "/v1/secrets/a/one/rotate", { route: "secrets.rotate", idempotent: false, body: {} });
+      await expect(call).rejects.toBeInstanceOf(AgentError);
+    });
+
+    expect(records).toHaveLength(1);
+  });
+
+  test("client gives up after maxAttempts and says how many", async () => {
+    await withFault({ path_prefix: "/v1/secrets/a/one", status: 503, code: "service_unavailable", count: 10 }, async () => {
+      await expect(rootClient(undefined, 3).getSecret("a/one")).rejects.toThrow("(gave up after 3 attempts)");
+    });
+  });
+
+  test("client fetches a fresh token once after token_expired", async () => {
+    const tokenFile = join(scratch, "projected");
+    writeFileSync(tokenFile, projectedToken());
+    const base = new ScaiVaultClient({ baseUrl: server.url, backoff: { baseMs: 5, maxMs: 20 } });
+    const records: RequestRecord[] = [];
+    const client = new ScaiVaultClient({
+      baseUrl: server.url,
+      tokens: exchangeTokenSource(base, { tokenFile }),
+      onRequest: (record) => records.push(record),
+    });
+    await client.getSecret("a/one");
+
+    await withFault({ path_prefix: "/v1/secrets/a/one", status: 401, code: "token_expired", count: 1 }, async () => {
+      expect((await client.getSecret("a/one")).data).toEqual({ v: "1" });
+    });
+
+    expect(records.map((record) => `${record.route} ${record.status}`)).toEqual(["secrets.get 200", "secrets.get 401", "secrets.get 200"]);
+  });
+
+  test("client stops retrying when its signal aborts", async () => {
+    const controller = new AbortController();
+    const client = new ScaiVaultClient({
+      baseUrl: server.url,
+      tokens: staticTokenSource(server.rootToken),
+      signal: controller.signal,
+      maxAttempts: 100,
+      backoff: { baseMs: 200, maxMs: 200 },
+    });
+
+    await withFault({ path_prefix: "/v1/secrets/a/one", status: 503, code: "service_unavailable", count: 100 }, async () => {
+      setTimeout(() => controller.abort(), 300);
+      await expect(client.getSecret("a/one")).rejects.toMatchObject({ code: "unreachable" });
+    });
+  });
+
+  test("client error messages carry no server message text", async () => {
+    await withFault({ path_prefix: "/v1/secrets/a/one", status: 403, code: "access_denied", count: 1 }, async () => {
+      const error = (await rootClient().getSecret("a/one").catch((caught) => caught)) as AgentError;
+      expect(error.message).toBe("ScaiVault rejected secrets.get: 403 access_denied");
+      expect(error.requestId).toMatch(/^agent-/);
+    });
+  });
+});
+
+describe("exchangeTokenSource", () => {
+  test("token source reuses a token and re-reads the file for a new exchange", async () => {
+    const tokenFile = join(scratch, "reread");
+    writeFileSync(tokenFile, projectedToken({ name: "first" }));
+    const base = new ScaiVaultClient({ baseUrl: server.url });
+    const source = exchangeTokenSource(base, { tokenFile });
+
+    const first = await source.getToken();
+    expect(await source.getToken()).toBe(first);
+
+    writeFileSync(tokenFile, projectedToken({ name: "second" }));
+    source.invalidate();
+    const second = await source.getToken();
+    const whoami = await base.withTokens(staticTokenSource(second)).whoami();
+
+    expect(second).not.toBe(first);
+    expect(whoami.identity_id).toBe("sa:second");
+  });
+
+  test("token source shares one exchange among concurrent callers", async () => {
+    const tokenFile = join(scratch, "concurrent");
+    writeFileSync(tokenFile, projectedToken());
+    const records: RequestRecord[] = [];
+    const base = new ScaiVaultClient({ baseUrl: server.url, onRequest: (record) => records.push(record) });
+    const source = exchangeTokenSource(base, { tokenFile });
+
+    const tokens = await Promise.all(Array.from({ length: 20 }, () => source.getToken()));
+
+    expect(new Set(tokens).size).toBe(1);
+    expect(records.filter((record) => record.route === "auth.exchange")).toHaveLength(1);
+  });
+});
+
+describe("reuseDeadline", () => {
+  const issuedAt = 1_000_000;
+
+  test("reuse ends 50 minutes after issue for a one-hour token", () => {
+    expect(reuseDeadline({ token: "t", expiresAt: issuedAt + 3_600_000 }, issuedAt)).toBe(issuedAt + 50 * 60_000);
+  });
+
+  test("reuse ends 5 minutes before expiry for a 30-minute token", () => {
+    expect(reuseDeadline({ token: "t", expiresAt: issuedAt + 1_800_000 }, issuedAt)).toBe(issuedAt + 25 * 60_000);
+  });
+
+  test("reuse keeps a fifth of the life of a short token as margin", () => {
+    expect(reuseDeadline({ token: "t", expiresAt: issuedAt + 10_000 }, issuedAt)).toBe(issuedAt + 8_000);
+  });
+
+  test("reuse without a stated expiry lasts 50 minutes", () => {
+    expect(reuseDeadline({ token: "t" }, issuedAt)).toBe(issuedAt + 50 * 60_000);
+  });
+});

@@ -1,0 +1,881 @@
+/**
+ * The dev server over real HTTP on 127.0.0.1: authentication, secrets, access control, rate
+ * limits, subscriptions, faults and the `dev` command as a child process.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { configureLogging } from "../src/log.ts";
+import { createDevApp, startDevServer, type DevServer, type DevServerOptions } from "../src/dev/server.ts";
+import { matchGlob } from "../src/dev/glob.ts";
+import { makeJwt, makeKeyPair, serviceAccountClaims } from "./helpers/jwt.ts";
+import { spawnCli } from "./helpers/cli.ts";
+
+const logLines: string[] = [];
+const sensitive: string[] = [];
+const servers: DevServer[] = [];
+let scratch: string;
+let main: DevServer;
+
+beforeAll(async () => {
+  configureLogging({ level: "debug", format: "json", write: (line) => logLines.push(line) });
+  scratch = mkdtempSync(join(tmpdir(), "dev-server-test-"));
+  main = await start({ seed: { "apps/billing/db": { username: "billing", password: "seed-password-123" } } });
+});
+
+afterAll(async () => {
+  await Promise.all(servers.map((server) => server.stop()));
+  configureLogging({});
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+interface Reply {
+  status: number;
+  headers: Headers;
+  body: any;
+}
+
+async function start(options: DevServerOptions = {}): Promise<DevServer> {
+  const server = await startDevServer({ port: 0, ...options });
+  servers.push(server);
+  sensitive.push(server.rootToken);
+  return server;
+}
+
+async function call(
+  server: DevServer,
+  method: string,
+  path: string,
+  options: { token?: string | null; body?: unknown; headers?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<Reply> {
+  const token = options.token === undefined ? server.rootToken : options.token;
+  const headers: Record<string, string> = { ...options.headers };
+  if (token !== null) headers.authorization = `Bearer ${token}`;
+  if (options.body !== undefined) headers["content-type"] = "application/json";
+
+  const response = await fetch(`${server.url}${path}`, {
+    method,
+    headers,
+    body: options.body === undefined ? undefined : typeof options.body === "string" ? options.body : JSON.stringify(options.body),
+    signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
+  });
+  const text = await response.text();
+  return { status: response.status, headers: response.headers, body: text ? JSON.parse(text) : null };
+}
+
+async function exchange(server: DevServer, subjectToken: string, extra: Record<string, unknown> = {}): Promise<Reply> {
+  sensitive.push(subjectToken);
+  return call(server, "POST", "/v1/auth/exchange", { token: null, body: { subject_token: subjectToken, ...extra } });
+}
+
+async function tokenFor(server: DevServer, name: string, extra: Record<string, unknown> = {}): Promise<string> {
+  const reply = await exchange(server, makeJwt(serviceAccountClaims("apps", name)), extra);
+  expect(reply.status).toBe(200);
+  sensitive.push(reply.body.access_token);
+  return reply.body.access_token;
+}
+
+function put(server: DevServer, path: string, data: Record<string, unknown>, token?: string): Promise<Reply> {
+  return call(server, "PUT", `/v1/secrets/${path}`, { token, body: { data } });
+}
+
+function expectError(reply: Reply, status: number, code: string): void {
+  expect(reply.status).toBe(status);
+  expect(reply.body.error.code).toBe(code);
+  expect(typeof reply.body.error.message).toBe("string");
+  expect(reply.body.error.request_id).toBe(reply.headers.get("x-request-id")!);
+}
+
+const nowSeconds = (): number => Math.floor(Date.now() / 1000);
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe("health and request ids", () => {
+  test("health answers without a token", async () => {
+    const health = await call(main, "GET", "/v1/health", { token: null });
+    const ready = await call(main, "GET", "/v1/health/ready", { token: null });
+    const version = await call(main, "GET", "/v1/version", { token: null });
+
+    expect(health.status).toBe(200);
+    expect(health.body.status).toBe("healthy");
+    expect(ready.body.status).toBe("ready");
+    expect(typeof version.body.version).toBe("string");
+  });
+
+  test("request id echoes the client's", async () => {
+    const reply = await call(main, "GET", "/v1/health", { headers: { "X-Request-ID": "client-req-42" } });
+    expect(reply.headers.get("x-request-id")).toBe("client-req-42");
+  });
+
+  test("request id is generated when absent", async () => {
+    const reply = await call(main, "GET", "/v1/secrets/missing/secret");
+
+    expect(reply.headers.get("x-request-id")).toMatch(/^req_/);
+    expect(reply.body.error.request_id).toBe(reply.headers.get("x-request-id")!);
+  });
+
+  test("unknown route returns the error envelope", async () => {
+    const reply = await call(main, "GET", "/v1/nothing-here");
+    expectError(reply, 404, "not_found");
+  });
+
+  test("createDevApp serves app.request without a network", async () => {
+    const { app, state } = createDevApp({ rootToken: "root-token-for-app-request", seed: { "a/b": { key: "value" } } });
+    const response = await app.request("/v1/secrets/a/b", { headers: { authorization: "Bearer root-token-for-app-request" } });
+
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as { version: number }).version).toBe(1);
+    expect(state.stats.count("GET /v1/secrets/{path}")).toBe(1);
+  });
+});
+
+describe("exchange", () => {
+  test("exchange maps a service account to sa:NAME", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing")), {
+      subject_token_type: "urn:ietf:params:oauth:token-type:jwt",
+      audience: "scaivault",
+    });
+
+    expect(reply.status).toBe(200);
+    expect(reply.body.access_token).toMatch(/^svt_[A-Za-z0-9_-]{32}$/);
+    expect(reply.body.token_type).toBe("Bearer");
+    expect(reply.body.expires_in).toBe(3600);
+    expect(reply.body.identity_id).toBe("sa:billing");
+    sensitive.push(reply.body.access_token);
+  });
+
+  test("exchange accepts aud as a string", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing", { aud: "scaivault" })));
+    expect(reply.status).toBe(200);
+  });
+
+  test("exchange uses the requested role as identity", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing")), { role: "sa:billing-prod" });
+    expect(reply.body.identity_id).toBe("sa:billing-prod");
+  });
+
+  test("exchange rejects an expired JWT", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing", { exp: nowSeconds() - 60 })));
+    expectError(reply, 401, "token_invalid");
+    expect(reply.body.error.message).toContain("expired");
+  });
+
+  test("exchange rejects a JWT without exp", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing", { exp: undefined })));
+    expectError(reply, 401, "token_invalid");
+  });
+
+  test("exchange rejects a wrong audience", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing", { aud: ["kubernetes", "vault"] })));
+    expectError(reply, 401, "token_invalid");
+    expect(reply.body.error.message).toContain("audience");
+  });
+
+  test("exchange rejects a request audience the server does not use", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing")), { audience: "other" });
+    expectError(reply, 401, "token_invalid");
+  });
+
+  test("exchange rejects a subject that is not a service account", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing", { sub: "user:alice" })));
+    expectError(reply, 403, "access_denied");
+  });
+
+  test.each([
+    ["not a JWT", "plainly-not-a-jwt"],
+    ["two parts", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0"],
+    ["payload not JSON", "eyJhbGciOiJub25lIn0.bm90LWpzb24."],
+    ["payload not base64url", "eyJhbGciOiJub25lIn0.!!!."],
+    ["payload an array", `eyJhbGciOiJub25lIn0.${Buffer.from("[1]").toString("base64url")}.`],
+  ])("exchange rejects a malformed JWT: %s", async (_name, token) => {
+    const reply = await exchange(main, token);
+    expectError(reply, 401, "token_invalid");
+    expect(reply.body.error.message).not.toContain(token);
+  });
+
+  test("exchange rejects a missing subject_token", async () => {
+    const reply = await call(main, "POST", "/v1/auth/exchange", { token: null, body: {} });
+    expectError(reply, 400, "invalid_request");
+  });
+
+  test("exchange rejects a body that is not JSON", async () => {
+    const reply = await call(main, "POST", "/v1/auth/exchange", { token: null, body: "{not json" });
+    expectError(reply, 400, "invalid_request");
+  });
+
+  test("exchange rejects an invalid role", async () => {
+    const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing")), { role: "not a role" });
+    expectError(reply, 400, "invalid_role");
+  });
+});
+
+describe("exchange with signature checks", () => {
+  test("exchange rejects a bad signature with a PEM key", async () => {
+    const keys = await crypto.subtle.generateKey(
+      { name: "RSASSA-PKCS1-v1_5", modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" },
+      true,
+      ["sign", "verify"],
+    );
+    const spki = Buffer.from(await crypto.subtle.exportKey("spki", keys.publicKey)).toString("base64");
+    const pemFile = join(scratch, "jwt-public.pem");
+    writeFileSync(pemFile, `-----BEGIN PUBLIC KEY-----\n${spki.replace(/.{64}/g, "$&\n")}\n-----END PUBLIC KEY-----\n`);
+    const server = await start({ jwtPublicKeyFile: pemFile });
+    const claims = serviceAccountClaims("billing", "billing");
+
+    const good = await exchange(server, makeJwt(claims, { key: keys.privateKey }));
+    const otherKey = await exchange(server, makeJwt(claims, { key: makeKeyPair("RS256").privateKey }));
+    const unsigned = await exchange(server, makeJwt(claims));
+    const tampered = makeJwt(claims, { key: keys.privateKey }).split(".");
+    tampered[1] = Buffer.from(JSON.stringify({ ...claims, sub: "system:serviceaccount:apps:admin" })).toString("base64url");
+    const modified = await exchange(server, tampered.join("."));
+
+    expect(good.status).toBe(200);
+    expectError(otherKey, 401, "token_invalid");
+    expect(otherKey.body.error.message).toContain("signature");
+    expectError(unsigned, 401, "token_invalid");
+    expectError(modified, 401, "token_invalid");
+  });
+
+  test("exchange verifies ES256 against a JWKS file", async () => {
+    const pair = makeKeyPair("ES256");
+    const jwksFile = join(scratch, "jwks.json");
+    writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...pair.publicJwk, kid: "key-1", use: "sig", alg: "ES256" }] }));
+    const server = await start({ jwksFile });
+    const claims = serviceAccountClaims("billing", "billing");
+
+    const good = await exchange(server, makeJwt(claims, { key: pair.privateKey, kid: "key-1" }));
+    const wrongKid = await exchange(server, makeJwt(claims, { key: pair.privateKey, kid: "key-2" }));
+    const otherKey = await exchange(server, makeJwt(claims, { key: makeKeyPair("ES256").privateKey, kid: "key-1" }));
+
+    expect(good.status).toBe(200);
+    expectError(wrongKid, 401, "token_invalid");
+    expectError(otherKey, 401, "token_invalid");
+  });
+
+  test("startDevServer rejects an unusable key file", async () => {
+    const file = join(scratch, "not-a-key.pem");
+    writeFileSync(file, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+
+    await expect(startDevServer({ port: 0, jwtPublicKeyFile: file })).rejects.toThrow('expected "PUBLIC KEY"');
+  });
+});
+
+describe("tokens", () => {
+  test("whoami describes an exchanged token", async () => {
+    const token = await tokenFor(main, "whoami");
+    const reply = await call(main, "GET", "/v1/auth/whoami", { token });
+    const expiresAt = Date.parse(reply.body.token_expires_at);
+
+    expect(reply.status).toBe(200);
+    expect(reply.body.identity_id).toBe("sa:whoami");
+    expect(reply.body.identity_type).toBe("service_account");
+    expect(reply.body.tenant_id).toBe("tnt_dev");
+    expect(Math.abs(expiresAt - (Date.now() + 3_600_000))).toBeLessThan(10_000);
+  });
+
+  test("whoami of the root token never expires", async () => {
+    const reply = await call(main, "GET", "/v1/auth/whoami");
+    expect(reply.body.identity_id).toBe("root");
+    expect(reply.body.token_expires_at).toBeNull();
+  });
+
+  test("authentication requires a bearer token", async () => {
+    expectError(await call(main, "GET", "/v1/auth/whoami", { token: null }), 401, "authentication_required");
+    expectError(await call(main, "GET", "/v1/auth/whoami", { token: "svt_unknown" }), 401, "token_invalid");
+    expectError(await call(main, "GET", "/v1/auth/whoami", { token: null, headers: { authorization: "Basic abc" } }), 401, "token_invalid");
+  });
+
+  test("token expires after a 1 s lifetime", async () => {
+    const server = await start({ tokenTtlSeconds: 1 });
+    const reply = await exchange(server, makeJwt(serviceAccountClaims("apps", "short")));
+    sensitive.push(reply.body.access_token);
+
+    expect(reply.body.expires_in).toBe(1);
+    expect((await call(server, "GET", "/v1/auth/whoami", { token: reply.body.access_token })).status).toBe(200);
+
+    await sleep(1200);
+    expectError(await call(server, "GET", "/v1/auth/whoami", { token: reply.body.access_token }), 401, "token_expired");
+  });
+
+  test("revoke-all revokes issued tokens but not the root token", async () => {
+    const server = await start();
+    const token = await tokenFor(server, "revoked");
+
+    const revoked = await call(server, "POST", "/v1/dev/tokens/revoke-all");
+    expect(revoked.body.revoked).toBe(1);
+
+    expectError(await call(server, "GET", "/v1/auth/whoami", { token }), 401, "token_revoked");
+    expect((await call(server, "GET", "/v1/auth/whoami")).status).toBe(200);
+    expect((await call(server, "GET", "/v1/auth/whoami", { token: await tokenFor(server, "fresh") })).status).toBe(200);
+  });
+});
+
+describe("secrets", () => {
+  test("secret put creates versions that get returns", async () => {
+    const first = await put(main, "apps/web/config", { api_key: "v1-key" });
+    const second = await call(main, "PUT", "/v1/secrets/apps/web/config", {
+      body: { data: { api_key: "v2-key" }, secret_type: "api_key", metadata: { owner: "team:web" } },
+    });
+    const current = await call(main, "GET", "/v1/secrets/apps/web/config");
+    const old = await call(main, "GET", "/v1/secrets/apps/web/config?version=1");
+
+    expect(first.body.version).toBe(1);
+    expect(first.body.secret_type).toBe("json");
+    expect(second.body.version).toBe(2);
+    expect(current.body).toMatchObject({
+      path: "apps/web/config",
+      version: 2,
+      secret_type: "api_key",
+      data: { api_key: "v2-key" },
+      metadata: { owner: "team:web" },
+      expires_at: null,
+      rotation_policy_id: null,
+    });
+    expect(typeof current.body.created_at).toBe("string");
+    expect(old.body.version).toBe(1);
+    expect(old.body.data).toEqual({ api_key: "v1-key" });
+  });
+
+  test("secret get of a missing version is version_not_found", async () => {
+    expectError(await call(main, "GET", "/v1/secrets/apps/billing/db?version=9"), 404, "version_not_found");
+    expectError(await call(main, "GET", "/v1/secrets/apps/billing/db?version=abc"), 400, "invalid_request");
+  });
+
+  test("secret get of a missing path is secret_not_found", async () => {
+    expectError(await call(main, "GET", "/v1/secrets/apps/none/here"), 404, "secret_not_found");
+  });
+
+  test("secret put rejects a body without data", async () => {
+    const reply = await call(main, "PUT", "/v1/secrets/apps/bad/body", { body: { data: [1, 2], secret_type: "blob" } });
+
+    expectError(reply, 422, "validation_error");
+    expect(Object.keys(reply.body.error.details.fields).sort()).toEqual(["data", "secret_type"]);
+  });
+
+  test.each([
+    ["upper case", "Apps/billing"],
+    ["empty segment", "apps//billing"],
+    ["trailing slash", "apps/billing/"],
+    ["space", "apps/bil%20ling"],
+    ["dot", "apps/billing.db"],
+    ["eleven segments", "a/b/c/d/e/f/g/h/i/j/k"],
+    ["513 characters", "a".repeat(513)],
+  ])("secret path is rejected: %s", async (_name, path) => {
+    expectError(await call(main, "GET", `/v1/secrets/${path}`), 400, "invalid_path");
+  });
+
+  test("secret path of ten segments and 512 characters is valid", async () => {
+    const longPath = `${"a".repeat(494)}/b/c/d/e/f/g/h/i/j`;
+    expect(longPath).toHaveLength(512);
+    expect((await put(main, "a/b/c/d/e/f/g/h/i/j", { k: "v" })).status).toBe(200);
+    expectError(await call(main, "GET", `/v1/secrets/${longPath}`), 404, "secret_not_found");
+  });
+
+  test("secret delete removes it and publishes nothing to others", async () => {
+    await put(main, "apps/temp/one", { value: "x" });
+
+    expect((await call(main, "DELETE", "/v1/secrets/apps/temp/one")).status).toBe(204);
+    expectError(await call(main, "GET", "/v1/secrets/apps/temp/one"), 404, "secret_not_found");
+    expectError(await call(main, "DELETE", "/v1/secrets/apps/temp/one"), 404, "secret_not_found");
+  });
+
+  test("rotate replaces password-like values and keeps the old version", async () => {
+    await put(main, "apps/rotate/db", { username: "app", password: "old-password-1", port: "5432" });
+
+    const rotated = await call(main, "POST", "/v1/secrets/apps/rotate/db/rotate");
+    const old = await call(main, "GET", "/v1/secrets/apps/rotate/db?version=1");
+
+    expect(rotated.status).toBe(200);
+    expect(rotated.body.version).toBe(2);
+    expect(rotated.body.data.username).toBe("app");
+    expect(rotated.body.data.port).toBe("5432");
+    expect(rotated.body.data.password).not.toBe("old-password-1");
+    expect(rotated.body.data.password).toMatch(/^[A-Za-z0-9_-]{32}$/);
+    expect(old.body.data.password).toBe("old-password-1");
+  });
+
+  test("rotate uses the data of the request body", async () => {
+    await put(main, "apps/rotate/given", { token: "t1" });
+    const rotated = await call(main, "POST", "/v1/secrets/apps/rotate/given/rotate", { body: { data: { token: "t2" } } });
+
+    expect(rotated.body.data).toEqual({ token: "t2" });
+    expectError(await call(main, "POST", "/v1/secrets/apps/rotate/missing/rotate"), 404, "secret_not_found");
+  });
+
+  test("rotate applies to a secret whose last segment is rotate", async () => {
+    await put(main, "apps/rotate", { secret: "s1" });
+
+    const read = await call(main, "GET", "/v1/secrets/apps/rotate");
+    const rotated = await call(main, "POST", "/v1/secrets/apps/rotate/rotate");
+
+    expect(read.body.path).toBe("apps/rotate");
+    expect(rotated.body.path).toBe("apps/rotate");
+    expect(rotated.body.version).toBe(2);
+  });
+
+  test("batch returns secrets and per-path errors", async () => {
+    const before = (await call(main, "GET", "/v1/dev/stats")).body.requests["POST /v1/secrets/batch"] ?? 0;
+    const reply = await call(main, "POST", "/v1/secrets/batch", {
+      body: { paths: ["apps/billing/db", "apps/none/here", "Bad/Path"], options: { include_metadata: false } },
+    });
+    const stats = await call(main, "GET", "/v1/dev/stats");
+
+    expect(reply.status).toBe(200);
+    expect(reply.body.secrets["apps/billing/db"]).toEqual({
+      data: { username: "billing", password: "seed-password-123" },
+      version: 1,
+      secret_type: "json",
+    });
+    expect(reply.body.errors["apps/none/here"].code).toBe("secret_not_found");
+    expect(reply.body.errors["Bad/Path"].code).toBe("invalid_path");
+    expect(stats.body.requests["POST /v1/secrets/batch"]).toBe(before + 1);
+  });
+
+  test("batch includes metadata when asked", async () => {
+    const reply = await call(main, "POST", "/v1/secrets/batch", { body: { paths: ["apps/billing/db"], options: { include_metadata: true } } });
+    expect(reply.body.secrets["apps/billing/db"]).toMatchObject({ path: "apps/billing/db", metadata: {}, expires_at: null });
+  });
+
+  test("batch with fail_fast fails on the first error", async () => {
+    const reply = await call(main, "POST", "/v1/secrets/batch", {
+      body: { paths: ["apps/billing/db", "apps/none/here"], options: { fail_fast: true } },
+    });
+
+    expectError(reply, 404, "secret_not_found");
+    expect(reply.body.error.details.path).toBe("apps/none/here");
+  });
+
+  test("batch rejects more than 100 paths", async () => {
+    const paths = Array.from({ length: 101 }, (_, index) => `apps/many/s${index}`);
+
+    expectError(await call(main, "POST", "/v1/secrets/batch", { body: { paths } }), 400, "invalid_request");
+    expect((await call(main, "POST", "/v1/secrets/batch", { body: { paths: paths.slice(0, 100) } })).status).toBe(200);
+  });
+});
+
+describe("access control", () => {
+  let server: DevServer;
+  let billing: string;
+
+  beforeAll(async () => {
+    server = await start({
+      seed: { "environments/production/billing/database": { password: "p1" }, "environments/production/hr/database": { password: "p2" } },
+      config: {
+        identities: {
+          "sa:billing": { read: ["environments/production/billing/**"], write: [] },
+          "sa:writer": { read: [], write: ["environments/*/billing/*"] },
+        },
+      },
+    });
+    billing = await tokenFor(server, "billing");
+  });
+
+  test("policy allows reading a matching path", async () => {
+    expect((await call(server, "GET", "/v1/secrets/environments/production/billing/database", { token: billing })).status).toBe(200);
+  });
+
+  test("policy denies reading another path", async () => {
+    const reply = await call(server, "GET", "/v1/secrets/environments/production/hr/database", { token: billing });
+    expectError(reply, 403, "access_denied");
+    expect(reply.headers.get("x-ratelimit-limit")).toBe("1000");
+  });
+
+  test("policy denies writing without a write rule", async () => {
+    expectError(await put(server, "environments/production/billing/database", { password: "x" }, billing), 403, "access_denied");
+  });
+
+  test("policy allows writing with a write rule but not reading", async () => {
+    const writer = await tokenFor(server, "writer");
+
+    expect((await put(server, "environments/staging/billing/api", { key: "k" }, writer)).status).toBe(200);
+    expectError(await call(server, "GET", "/v1/secrets/environments/staging/billing/api", { token: writer }), 403, "access_denied");
+  });
+
+  test("policy denies batch paths one by one", async () => {
+    const reply = await call(server, "POST", "/v1/secrets/batch", {
+      token: billing,
+      body: { paths: ["environments/production/billing/database", "environments/production/hr/database"] },
+    });
+
+    expect(Object.keys(reply.body.secrets)).toEqual(["environments/production/billing/database"]);
+    expect(reply.body.errors["environments/production/hr/database"].code).toBe("access_denied");
+  });
+
+  test("exchange denies identities the config does not list", async () => {
+    expectError(await exchange(server, makeJwt(serviceAccountClaims("apps", "stranger"))), 403, "access_denied");
+    expectError(await exchange(server, makeJwt(serviceAccountClaims("apps", "billing")), { role: "sa:unknown" }), 403, "access_denied");
+    expect((await exchange(server, makeJwt(serviceAccountClaims("apps", "other")), { role: "sa:billing" })).status).toBe(200);
+  });
+
+  test("root token may read every path", async () => {
+    expect((await call(server, "GET", "/v1/secrets/environments/production/hr/database")).status).toBe(200);
+  });
+});
+
+describe("rate limits", () => {
+  test("rate limit returns 429 with Retry-After", async () => {
+    const server = await start({ rateLimits: { read: 2 }, seed: { "a/b": { k: "v" } } });
+
+    const first = await call(server, "GET", "/v1/secrets/a/b");
+    const second = await call(server, "GET", "/v1/secrets/a/b");
+    const third = await call(server, "GET", "/v1/secrets/a/b");
+
+    expect(first.headers.get("x-ratelimit-limit")).toBe("2");
+    expect(first.headers.get("x-ratelimit-remaining")).toBe("1");
+    expect(Number(first.headers.get("x-ratelimit-reset"))).toBeGreaterThan(nowSeconds() - 1);
+    expect(second.headers.get("x-ratelimit-remaining")).toBe("0");
+    expectError(third, 429, "rate_limited");
+    expect(Number(third.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    expect(Number(third.headers.get("retry-after"))).toBeLessThanOrEqual(30);
+  });
+
+  test("rate limit buckets are per identity", async () => {
+    const server = await start({ rateLimits: { whoami: 1 } });
+    const one = await tokenFor(server, "one");
+    const two = await tokenFor(server, "two");
+
+    expect((await call(server, "GET", "/v1/auth/whoami", { token: one })).status).toBe(200);
+    expect((await call(server, "GET", "/v1/auth/whoami", { token: two })).status).toBe(200);
+    expectError(await call(server, "GET", "/v1/auth/whoami", { token: one }), 429, "rate_limited");
+  });
+
+  test("rate limit of a batch counts one read per secret", async () => {
+    const server = await start({ rateLimits: { read: 1 }, seed: { "a/one": { k: "1" }, "a/two": { k: "2" } } });
+    const reply = await call(server, "POST", "/v1/secrets/batch", { body: { paths: ["a/one", "a/two"] } });
+
+    expect(Object.keys(reply.body.secrets)).toEqual(["a/one"]);
+    expect(reply.body.errors["a/two"].code).toBe("rate_limited");
+    expect(reply.headers.get("x-ratelimit-limit")).toBe("100");
+  });
+
+  test("rate limits off lets every request through", async () => {
+    const server = await start({ rateLimits: false, seed: { "a/b": { k: "v" } } });
+
+    for (let attempt = 0; attempt < 5; attempt += 1) {
+      expect((await call(server, "POST", "/v1/subscriptions", { body: { paths: ["a/**"] } })).status).toBe(201);
+    }
+  });
+});
+
+describe("subscriptions", () => {
+  let server: DevServer;
+  let token: string;
+
+  beforeAll(async () => {
+    server = await start({ seed: { "apps/events/db": { password: "p0" } } });
+    token = await tokenFor(server, "events");
+  });
+
+  async function subscribe(paths: string[], events?: string[]): Promise<string> {
+    const reply = await call(server, "POST", "/v1/subscriptions", {
+      token,
+      body: { name: "test", paths, ...(events ? { events } : {}), delivery: { type: "polling", buffer_size: 100 } },
+    });
+    expect(reply.status).toBe(201);
+    return reply.body.id;
+  }
+
+  function poll(id: string, query = "timeout=0"): Promise<Reply> {
+    return call(server, "GET", `/v1/subscriptions/${id}/poll?${query}`, { token, timeoutMs: 15_000 });
+  }
+
+  test("subscription create returns an active subscription", async () => {
+    const reply = await call(server, "POST", "/v1/subscriptions", {
+      token,
+      body: { name: "sidecar", paths: ["apps/**"], events: ["secret.rotated", "secret.updated", "secret.deleted"] },
+    });
+
+    expect(reply.status).toBe(201);
+    expect(reply.body).toMatchObject({ name: "sidecar", status: "active", identity_id: "sa:events" });
+    expect(reply.body.id).toMatch(/^sub_/);
+  });
+
+  test("subscription create validates paths and events", async () => {
+    expectError(await call(server, "POST", "/v1/subscriptions", { token, body: { paths: ["Apps/**"] } }), 400, "invalid_path");
+    expectError(await call(server, "POST", "/v1/subscriptions", { token, body: { paths: ["a/b**"] } }), 400, "invalid_path");
+    expectError(await call(server, "POST", "/v1/subscriptions", { token, body: { paths: ["a"], events: ["secret.nope"] } }), 422, "validation_error");
+    expectError(await call(server, "POST", "/v1/subscriptions", { token, body: { paths: [] } }), 422, "validation_error");
+  });
+
+  test("poll wakes on a write within a short time", async () => {
+    const id = await subscribe(["apps/events/**"], ["secret.updated"]);
+    const started = performance.now();
+    const pending = poll(id, "timeout=20");
+
+    await sleep(200);
+    await put(server, "apps/events/db", { password: "p1" });
+    const reply = await pending;
+    const elapsed = performance.now() - started;
+
+    expect(elapsed).toBeLessThan(2000);
+    expect(reply.body.has_more).toBe(false);
+    expect(reply.body.events).toHaveLength(1);
+    expect(reply.body.events[0]).toMatchObject({
+      event_type: "secret.updated",
+      path: "apps/events/db",
+      identity_id: "root",
+      tenant_id: "tnt_dev",
+      data: { old_version: 1, new_version: 2, is_rotation: false },
+    });
+    expect(reply.body.events[0].event_id).toMatch(/^evt_/);
+    expect(reply.body.events[0].request_id).toMatch(/^req_/);
+  });
+
+  test("poll returns empty after its timeout", async () => {
+    const id = await subscribe(["quiet/**"]);
+    const started = performance.now();
+    const reply = await poll(id, "timeout=1");
+
+    expect(reply.body).toEqual({ events: [], has_more: false });
+    expect(performance.now() - started).toBeGreaterThanOrEqual(900);
+  });
+
+  test("poll redelivers events until they are acknowledged", async () => {
+    const id = await subscribe(["apps/ack/*"]);
+    await put(server, "apps/ack/one", { value: "1" });
+
+    const first = await poll(id);
+    const second = await poll(id);
+    const ack = await call(server, "POST", `/v1/subscriptions/${id}/ack`, { token, body: { event_ids: [first.body.events[0].event_id] } });
+    const third = await poll(id);
+
+    expect(first.body.events[0].event_type).toBe("secret.created");
+    expect(second.body.events.map((event: any) => event.event_id)).toEqual([first.body.events[0].event_id]);
+    expect(ack.body.acknowledged).toBe(1);
+    expect(third.body.events).toEqual([]);
+  });
+
+  test("poll honours since_event_id and max_events", async () => {
+    const id = await subscribe(["apps/since/*"]);
+    await put(server, "apps/since/a", { v: "1" });
+    await put(server, "apps/since/b", { v: "1" });
+    await put(server, "apps/since/c", { v: "1" });
+
+    const page = await poll(id, "timeout=0&max_events=2");
+    const rest = await poll(id, `timeout=0&since_event_id=${page.body.events[1].event_id}`);
+
+    expect(page.body.events.map((event: any) => event.path)).toEqual(["apps/since/a", "apps/since/b"]);
+    expect(page.body.has_more).toBe(true);
+    expect(rest.body.events.map((event: any) => event.path)).toEqual(["apps/since/c"]);
+  });
+
+  test("subscription globs select the paths", async () => {
+    const id = await subscribe(["apps/glob/*/db", "apps/deep/**", "apps/q?"]);
+    for (const path of ["apps/glob/x/db", "apps/glob/x/y/db", "apps/deep/a/b/c", "apps/q1", "apps/q12", "apps/other"]) {
+      await put(server, path, { v: "1" });
+    }
+
+    const reply = await poll(id);
+    expect(reply.body.events.map((event: any) => event.path)).toEqual(["apps/glob/x/db", "apps/deep/a/b/c", "apps/q1"]);
+  });
+
+  test("matchGlob follows segment rules", () => {
+    expect(matchGlob("a/*", "a/b")).toBe(true);
+    expect(matchGlob("a/*", "a/b/c")).toBe(false);
+    expect(matchGlob("a/**", "a/b/c")).toBe(true);
+    expect(matchGlob("a/**", "a")).toBe(true);
+    expect(matchGlob("a/**/z", "a/z")).toBe(true);
+    expect(matchGlob("a/**/z", "a/b/c/z")).toBe(true);
+    expect(matchGlob("a/db-*", "a/db-main")).toBe(true);
+    expect(matchGlob("a/?", "a/bc")).toBe(false);
+  });
+
+  test("rotate and delete publish their events", async () => {
+    const id = await subscribe(["apps/lifecycle/db"], ["secret.rotated", "secret.deleted"]);
+    await put(server, "apps/lifecycle/db", { password: "p" });
+    await call(server, "POST", "/v1/secrets/apps/lifecycle/db/rotate");
+    await call(server, "DELETE", "/v1/secrets/apps/lifecycle/db");
+
+    const events = (await poll(id)).body.events;
+
+    expect(events.map((event: any) => event.event_type)).toEqual(["secret.rotated", "secret.deleted"]);
+    expect(events[0].data).toMatchObject({ old_version: 1, new_version: 2, rotation_policy_id: null });
+    expect(Date.parse(events[0].data.grace_period_ends) - Date.now()).toBeGreaterThan(47 * 3_600_000);
+    expect(events[1].data.permanent).toBe(true);
+  });
+
+  test("subscription delete ends it", async () => {
+    const id = await subscribe(["apps/gone/**"]);
+
+    expect((await call(server, "DELETE", `/v1/subscriptions/${id}`, { token })).status).toBe(204);
+    expectError(await poll(id), 404, "subscription_not_found");
+    expectError(await call(server, "DELETE", `/v1/subscriptions/${id}`, { token }), 404, "subscription_not_found");
+  });
+
+  test("subscription delete wakes a pending poll", async () => {
+    const id = await subscribe(["apps/wake/**"]);
+    const pending = poll(id, "timeout=20");
+
+    await sleep(200);
+    await call(server, "DELETE", `/v1/subscriptions/${id}`, { token });
+
+    expectError(await pending, 404, "subscription_not_found");
+  });
+
+  test("subscription belongs to its creator", async () => {
+    const id = await subscribe(["apps/private/**"]);
+    const other = await tokenFor(server, "intruder");
+
+    expectError(await call(server, "GET", `/v1/subscriptions/${id}/poll?timeout=0`, { token: other }), 403, "access_denied");
+    expect((await call(server, "GET", `/v1/subscriptions/${id}/poll?timeout=0`)).status).toBe(200);
+  });
+
+  test("subscription create limit returns 429", async () => {
+    const limited = await start({ rateLimits: { subscription: 0 } });
+    const reply = await call(limited, "POST", "/v1/subscriptions", { body: { paths: ["a/**"] } });
+
+    expectError(reply, 429, "rate_limited");
+    expect(reply.headers.get("retry-after")).toBe("60");
+  });
+
+  test("server stop ends a pending poll", async () => {
+    const short = await start();
+    const created = await call(short, "POST", "/v1/subscriptions", { body: { paths: ["a/**"] } });
+    const started = performance.now();
+    const pending = call(short, "GET", `/v1/subscriptions/${created.body.id}/poll?timeout=30`).catch((error: Error) => error);
+
+    await sleep(200);
+    await short.stop();
+    await pending;
+
+    expect(performance.now() - started).toBeLessThan(5000);
+  });
+
+  test("stats list the subscriptions", async () => {
+    const stats = await call(server, "GET", "/v1/dev/stats");
+
+    expect(stats.body.subscriptions.length).toBeGreaterThan(0);
+    expect(stats.body.subscriptions[0]).toMatchObject({ identity_id: "sa:events", status: "active" });
+    expect(stats.body.requests["GET /v1/subscriptions/{id}/poll"]).toBeGreaterThan(0);
+  });
+});
+
+describe("faults", () => {
+  test("fault answers the next matching requests", async () => {
+    const server = await start({ seed: { "a/b": { k: "v" } } });
+    const added = await call(server, "POST", "/v1/dev/faults", {
+      body: { method: "GET", path_prefix: "/v1/secrets", status: 503, code: "service_unavailable", count: 2, retry_after: 1 },
+    });
+
+    const first = await call(server, "GET", "/v1/secrets/a/b");
+    const other = await call(server, "GET", "/v1/auth/whoami");
+    const second = await call(server, "GET", "/v1/secrets/a/b");
+    const third = await call(server, "GET", "/v1/secrets/a/b");
+    const stats = await call(server, "GET", "/v1/dev/stats");
+
+    expect(added.status).toBe(201);
+    expectError(first, 503, "service_unavailable");
+    expect(first.headers.get("retry-after")).toBe("1");
+    expect(other.status).toBe(200);
+    expectError(second, 503, "service_unavailable");
+    expect(third.status).toBe(200);
+    expect(stats.body.requests["GET /v1/secrets/{path}"]).toBe(3);
+  });
+
+  test("fault delay holds the response", async () => {
+    const server = await start();
+    await call(server, "POST", "/v1/dev/faults", { body: { path_prefix: "/v1/health", delay_ms: 300 } });
+
+    const started = performance.now();
+    const reply = await call(server, "GET", "/v1/health", { token: null });
+
+    expect(reply.status).toBe(200);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(280);
+  });
+
+  test("fault clear removes every fault", async () => {
+    const server = await start();
+    await call(server, "POST", "/v1/dev/faults", { body: { status: 500, count: 5 } });
+
+    const cleared = await call(server, "DELETE", "/v1/dev/faults");
+
+    expect(cleared.body.cleared).toBe(1);
+    expect((await call(server, "GET", "/v1/health", { token: null })).status).toBe(200);
+  });
+
+  test("fault routes require the root token", async () => {
+    const token = await tokenFor(main, "not-root");
+
+    expectError(await call(main, "POST", "/v1/dev/faults", { token, body: { status: 500 } }), 403, "access_denied");
+    expectError(await call(main, "GET", "/v1/dev/stats", { token }), 403, "access_denied");
+    expectError(await call(main, "POST", "/v1/dev/faults", { body: { status: 200 } }), 422, "validation_error");
+  });
+});
+
+describe("dev command", () => {
+  function startCli(args: string[], env: Record<string, string | undefined> = {}) {
+    const child = spawnCli(["dev", "--port", "0", ...args], env);
+    let stdout = "";
+    let stderr = "";
+    child.stdout!.on("data", (chunk) => (stdout += chunk));
+    child.stderr!.on("data", (chunk) => (stderr += chunk));
+    const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    exited.finally(() => clearTimeout(timer));
+
+    async function waitForUrl(): Promise<string> {
+      const deadline = Date.now() + 20_000;
+      while (Date.now() < deadline) {
+        const match = /ScaiVault dev server listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(stdout);
+        if (match) return match[1]!;
+        await sleep(50);
+      }
+      throw new Error(`dev command printed no URL; stderr: ${stderr}`);
+    }
+    return { child, exited, waitForUrl, output: () => ({ stdout, stderr }) };
+  }
+
+  test("dev command prints its URL and root token and stops on SIGTERM", async () => {
+    const seedFile = join(scratch, "seed.json");
+    writeFileSync(seedFile, JSON.stringify({ "apps/cli/db": { password: "cli-seed-password" } }));
+    const cli = startCli(["--seed", seedFile, "--token-ttl", "30s"]);
+
+    const url = await cli.waitForUrl();
+    const token = /^Root token: (\S+)$/m.exec(cli.output().stdout)?.[1];
+    sensitive.push(token ?? "");
+    const secret = await fetch(`${url}/v1/secrets/apps/cli/db`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) });
+    cli.child.kill("SIGTERM");
+
+    expect(token).toMatch(/^svt_/);
+    expect(((await secret.json()) as { data: unknown }).data).toEqual({ password: "cli-seed-password" });
+    expect(await cli.exited).toBe(0);
+    expect(cli.output().stdout.trim().split("\n")).toHaveLength(2);
+    expect(cli.output().stderr).toContain("not for production");
+    expect(cli.output().stderr).toContain("DOES NOT VERIFY JWT SIGNATURES");
+    expect(cli.output().stderr).not.toContain(token!);
+    expect(cli.output().stderr).not.toContain("cli-seed-password");
+  });
+
+  test("dev command takes the root token from the environment", async () => {
+    const cli = startCli([], { SCAIVAULT_DEV_ROOT_TOKEN: "env-root-token-123" });
+
+    const url = await cli.waitForUrl();
+    const whoami = await fetch(`${url}/v1/auth/whoami`, { headers: { authorization: "Bearer env-root-token-123" }, signal: AbortSignal.timeout(5000) });
+    cli.child.kill("SIGINT");
+
+    expect(whoami.status).toBe(200);
+    expect(await cli.exited).toBe(0);
+    expect(cli.output().stdout).not.toContain("Root token");
+  });
+
+  test("dev command rejects a seed with an invalid path", async () => {
+    const seedFile = join(scratch, "bad-seed.json");
+    writeFileSync(seedFile, JSON.stringify({ "Bad/Path": { password: "hidden-value" }, "ok/path": "not-an-object" }));
+    const cli = startCli(["--seed", seedFile]);
+
+    expect(await cli.exited).toBe(2);
+    expect(cli.output().stderr).toContain('\\"Bad/Path\\"');
+    expect(cli.output().stderr).toContain('\\"ok/path\\"');
+    expect(cli.output().stderr).not.toContain("hidden-value");
+  });
+});
+
+describe("logs", () => {
+  test("logs contain no token or secret value", () => {
+    const text = logLines.join("\n");
+    const values = ["seed-password-123", "old-password-1", "v2-key", ...sensitive.filter((value) => value.length >= 8)];
+
+    expect(logLines.length).toBeGreaterThan(50);
+    for (const value of values) expect(text).not.toContain(value);
+  });
+});
