@@ -6,15 +6,15 @@
  * - `rate_limited` (429): wait `Retry-After`, then retry.
  * - `service_unavailable`, 502, 504, connection errors, timeouts: backoff with full jitter.
  * - `internal_error` (500): retry once.
- * - `token_expired`, `token_invalid`, `authentication_required`: fetch a fresh token, repeat once.
+ * - `token_expired`, `token_invalid`, `authentication_required`, or any other 401 such as
+ *   `token_revoked`: fetch a fresh token, repeat once.
  * - anything else is final.
  * A call that is not idempotent (generating a lease) is retried only when the server cannot have
  * acted on it: a refused connection, 429, 503 or an expired token.
  */
-import { randomBytes } from "node:crypto";
 import { AgentError, type ErrorCode } from "./errors.ts";
 import { getLogger } from "./log.ts";
-import { backoffDelay, parseRetryAfter, sleep, type BackoffOptions } from "./retry.ts";
+import { backoffDelay, parseRetryAfter, randomHex, sleep, type BackoffOptions } from "./retry.ts";
 import type { FetchFunction } from "./runtime.ts";
 import { ContractError, parseBatch, parseSecret, type Secret } from "./contract.ts";
 import { VERSION } from "./version.ts";
@@ -81,6 +81,8 @@ export interface ReadResult {
 
 /** Largest batch the contract allows. */
 export const MAX_BATCH_PATHS = 100;
+/** Batch requests in flight at once for one `readSecrets` call. */
+const BATCH_CONCURRENCY = 4;
 
 export class ScaiVaultClient {
   readonly baseUrl: string;
@@ -199,10 +201,16 @@ export class ScaiVaultClient {
     const unique = [...new Set(paths)];
     const result: ReadResult = { secrets: new Map(), errors: new Map() };
 
-    for (let start = 0; start < unique.length; start += MAX_BATCH_PATHS) {
-      const chunk = unique.slice(start, start + MAX_BATCH_PATHS);
-      if (this.#batchSupported && (await this.#readBatch(chunk, result))) continue;
+    const chunks: string[][] = [];
+    for (let start = 0; start < unique.length; start += MAX_BATCH_PATHS) chunks.push(unique.slice(start, start + MAX_BATCH_PATHS));
+
+    // A few batches at a time: fast for 1000 paths, and still gentle on the batch bucket.
+    const readChunk = async (chunk: string[]): Promise<void> => {
+      if (this.#batchSupported && (await this.#readBatch(chunk, result))) return;
       await this.#readSingles(chunk, result, concurrency);
+    };
+    for (let start = 0; start < chunks.length; start += BATCH_CONCURRENCY) {
+      await Promise.all(chunks.slice(start, start + BATCH_CONCURRENCY).map(readChunk));
     }
     return result;
   }
@@ -283,7 +291,7 @@ export class ScaiVaultClient {
       if (value !== undefined) url.searchParams.set(key, String(value));
     }
 
-    const requestId = `agent-${randomBytes(8).toString("hex")}`;
+    const requestId = `agent-${randomHex(8)}`;
     const headers: Record<string, string> = {
       accept: "application/json",
       "user-agent": `scaivault-agent/${VERSION}`,
@@ -350,7 +358,8 @@ export class ScaiVaultClient {
   ): "final" | "refresh" | "retry-after" | "backoff" {
     const server = error.serverCode;
 
-    if (server === "token_expired" || server === "token_invalid" || server === "authentication_required") {
+    // Any 401 gets one fresh token: a revoked exchanged token is replaced by exchanging again.
+    if (error.status === 401 || server === "token_expired" || server === "token_invalid" || server === "authentication_required") {
       return this.#options.tokens && !state.refreshedToken ? "refresh" : "final";
     }
     if (server === "rate_limited" || error.status === 429) return "retry-after";

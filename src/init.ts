@@ -7,7 +7,7 @@ import { errorFields, getLogger } from "./log.ts";
 import { connect } from "./connect.ts";
 import type { InitConfig } from "./config.ts";
 import { renderTarget, resolveTargets, type FileTarget } from "./deliver.ts";
-import { writeFileAtomic } from "./files.ts";
+import { writeFilesAtomic } from "./files.ts";
 import type { ScaiVaultClient } from "./client.ts";
 
 const log = getLogger("init");
@@ -81,11 +81,15 @@ export async function runInit(config: InitConfig, options: InitOptions = {}): Pr
     throw mostSevere(failures.map((failure) => failure.error), failures.length, targets.length);
   }
 
-  for (const { target, bytes, version } of rendered) {
-    const write = await writeFileAtomic(target.file, bytes, { mode: target.mode, layout: config.output.layout });
-    (write.changed ? result.written : result.unchanged).push(target.file);
-    log.info(write.changed ? "Wrote file" : "File already current", { path: target.mapping.path, file: target.file, version });
-  }
+  const writes = await writeFilesAtomic(
+    rendered.map(({ target, bytes }) => ({ path: target.file, bytes, mode: target.mode })),
+    config.output.layout,
+  );
+  rendered.forEach(({ target, version }, index) => {
+    const changed = writes[index]!.changed;
+    (changed ? result.written : result.unchanged).push(target.file);
+    log.info(changed ? "Wrote file" : "File already current", { path: target.mapping.path, file: target.file, version });
+  });
 
   if (config.dynamic.length) {
     if (!options.dynamic) throw new AgentError("config", "DYNAMIC is set, but this build has no lease support");

@@ -61,3 +61,9 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 export function withJitter(ms: number, fraction: number, random: () => number = Math.random): number {
   return Math.max(0, Math.round(ms * (1 - fraction + 2 * fraction * random())));
 }
+
+/** Returns `bytes` random bytes as hex, from Web Crypto (cheaper to load than `node:crypto`). */
+export function randomHex(bytes: number): string {
+  const buffer = crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(buffer, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}

@@ -110,12 +110,12 @@ const DevConfigSchema = v.strictObject({
   engines: v.optional(v.unknown()),
 });
 
-function readJsonFile(file: string, what: string): unknown {
+function readJsonFile(file: string, kind: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
   } catch (error) {
-    throw new AgentError("config", `Cannot read ${what} file "${file}": ${(error as Error).message}`, { cause: error });
+    throw new AgentError("config", `Cannot read ${kind} file "${file}": ${(error as Error).message}`, { cause: error });
   }
 
   try {
@@ -123,7 +123,7 @@ function readJsonFile(file: string, what: string): unknown {
   } catch {
     // The parser's message quotes the text near the error, which may be a secret value, so it
     // is neither shown nor kept as the cause.
-    throw new AgentError("config", `Cannot parse ${what} file "${file}": it is not valid JSON`);
+    throw new AgentError("config", `Cannot parse ${kind} file "${file}": it is not valid JSON`);
   }
 }
 

@@ -14,6 +14,9 @@ import type { RequestStats } from "./stats.ts";
 import type { SubscriptionStore } from "./subscriptions.ts";
 import type { TokenStore } from "./tokens.ts";
 
+/** Tenant of every identity, event and whoami response of the dev server. */
+export const DEV_TENANT_ID = "tnt_dev";
+
 /** The caller of a request, resolved from its bearer token. */
 export interface Identity {
   /** `root` for the root token, else the exchanged identity, such as `sa:billing`. */
@@ -31,6 +34,8 @@ export interface DevVariables {
   identity: Identity | undefined;
   /** The bucket the request drew from, for the `X-RateLimit-*` headers. */
   rateLimit: RateLimitStatus | undefined;
+  /** Code of the error response, for the request's log line. */
+  errorCode: string | undefined;
 }
 
 export type DevEnv = { Variables: DevVariables };

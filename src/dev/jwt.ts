@@ -204,11 +204,11 @@ async function importJwks(jwks: JsonWebKey[], file: string): Promise<Verificatio
   return imported;
 }
 
-function readConfigFile(file: string, what: string): string {
+function readConfigFile(file: string, kind: string): string {
   try {
     return readFileSync(file, "utf8");
   } catch (error) {
-    throw new AgentError("config", `Cannot read ${what} file "${file}": ${(error as Error).message}`, { cause: error });
+    throw new AgentError("config", `Cannot read ${kind} file "${file}": ${(error as Error).message}`, { cause: error });
   }
 }
 

@@ -1,6 +1,6 @@
 /**
  * Access control from the dev config's `identities`: which identity may read and write which
- * paths. Without that key every authenticated identity may do everything; the root token always may.
+ * paths. Without that key every authenticated identity may do everything. The root token always may.
  */
 import { ApiError } from "./api-error.ts";
 import type { DevConfig } from "./config.ts";

@@ -1,7 +1,7 @@
 /**
  * The dev server's secret store: every path keeps all its versions in memory. A version replaced
  * by a rotation stays readable for the grace period (48 hours by default) and is then gone, as
- * on ScaiVault; a version replaced by a plain write stays readable while the server runs.
+ * on ScaiVault. A version replaced by a plain write stays readable while the server runs.
  */
 import { ApiError } from "./api-error.ts";
 import { randomToken } from "./tokens.ts";
