@@ -346,9 +346,12 @@ export class ScaiVaultClient {
       }, { sent: true });
     }
 
-    const code = (error as { code?: string }).code ?? (error as Error).name;
-    return new RetryableError("unreachable", `Cannot reach ScaiVault at ${this.baseUrl} for ${what}: ${code}`, { cause: error, requestId }, {
-      sent: !/ECONNREFUSED|ConnectionRefused|ENOTFOUND|EAI_AGAIN/i.test(String(code)),
+    const reason = networkReason(error);
+    const hint = /CERT|SIGNATURE|certificate|UnknownIssuer|self.signed/i.test(reason)
+      ? "; if ScaiVault uses a private CA, set SCAIVAULT_CA_FILE to its PEM bundle"
+      : "";
+    return new RetryableError("unreachable", `Cannot reach ScaiVault at ${this.baseUrl} for ${what}: ${reason}${hint}`, { cause: error, requestId }, {
+      sent: !/ECONNREFUSED|ConnectionRefused|Connection refused|ENOTFOUND|EAI_AGAIN/i.test(reason),
     });
   }
 
@@ -460,6 +463,19 @@ function errorFromResponse(response: Response, body: unknown, route: string, req
   const message = `ScaiVault rejected ${route}: ${response.status} ${serverCode ?? response.statusText}`;
   const retryAfterMs = parseRetryAfter(response.headers.get("retry-after"));
   return new AgentError(code, message, { serverCode, requestId, status: response.status, retryAfterMs });
+}
+
+/** Names a network failure: Node-style error code where the runtime gives one, else its message. */
+function networkReason(error: unknown): string {
+  const code = (error as { code?: unknown }).code ?? ((error as { cause?: { code?: unknown } }).cause?.code);
+  if (typeof code === "string" && code !== "") return code;
+
+  // Deno reports connection failures as a TypeError ("fetch failed") whose cause names the reason;
+  // these messages hold the URL and the transport error, never a body.
+  let deepest: unknown = error;
+  while (deepest instanceof Error && deepest.cause instanceof Error) deepest = deepest.cause;
+  const message = deepest instanceof Error ? deepest.message : String(deepest);
+  return message.replace(/\s+/g, " ").slice(0, 200) || "network error";
 }
 
 function isMissingEndpoint(error: AgentError): boolean {

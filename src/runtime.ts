@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 export type FetchFunction = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
 
 export interface HttpServer {
-  /** `http://host:port` with the port actually bound. */
+  /** `http://host:port` or `https://host:port` with the port actually bound. */
   url: string;
   port: number;
   stop(): Promise<void>;
@@ -19,6 +19,7 @@ interface BunLike {
     hostname: string;
     port: number;
     idleTimeout?: number;
+    tls?: { cert: string; key: string };
     fetch: (request: Request) => Response | Promise<Response>;
   }): { port: number; stop(closeActive?: boolean): void | Promise<void> };
 }
@@ -26,7 +27,7 @@ interface BunLike {
 interface DenoLike {
   version: { deno: string };
   serve(
-    options: { hostname: string; port: number; onListen?: (addr: unknown) => void },
+    options: { hostname: string; port: number; onListen?: (addr: unknown) => void; cert?: string; key?: string },
     handler: (request: Request) => Response | Promise<Response>,
   ): { addr: { port: number }; shutdown(): Promise<void> };
   createHttpClient(options: { caCerts: string[] }): unknown;
@@ -42,19 +43,21 @@ export const runtimeName: string = bun ? "bun" : deno ? "deno" : "node";
 export const runtimeVersion: string = bun ? bun.version : deno ? deno.version.deno : process.versions.node;
 
 /**
- * Serves `handler` on `hostname:port` (port 0 picks a free one). Long-polling handlers need idle
- * connections kept open, so Bun's idle timeout is raised to its maximum of 255 seconds.
+ * Serves `handler` on `hostname:port` (port 0 picks a free one), over HTTPS when `tls` holds a PEM
+ * certificate chain and key. Long-polling handlers need idle connections kept open, so Bun's idle
+ * timeout is raised to its maximum of 255 seconds.
  */
 export async function serveHttp(
   handler: (request: Request) => Response | Promise<Response>,
-  options: { hostname: string; port: number },
+  options: { hostname: string; port: number; tls?: { cert: string; key: string } },
 ): Promise<HttpServer> {
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
+  const scheme = options.tls ? "https" : "http";
 
   if (bun) {
-    const server = bun.serve({ hostname: options.hostname, port: options.port, idleTimeout: 255, fetch: handler });
+    const server = bun.serve({ hostname: options.hostname, port: options.port, idleTimeout: 255, fetch: handler, tls: options.tls });
     return {
-      url: `http://${host}:${server.port}`,
+      url: `${scheme}://${host}:${server.port}`,
       port: server.port,
       stop: async () => {
         await server.stop(true);
@@ -63,9 +66,9 @@ export async function serveHttp(
   }
 
   if (deno) {
-    const server = deno.serve({ hostname: options.hostname, port: options.port, onListen: () => {} }, handler);
+    const server = deno.serve({ hostname: options.hostname, port: options.port, onListen: () => {}, ...options.tls }, handler);
     return {
-      url: `http://${host}:${server.addr.port}`,
+      url: `${scheme}://${host}:${server.addr.port}`,
       port: server.addr.port,
       stop: () => server.shutdown(),
     };

@@ -3,6 +3,7 @@
  * Standard output gets exactly one `ScaiVault dev server listening on <url>` line, plus a
  * `Root token: <token>` line when the token was generated. Logs go to standard error.
  */
+import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
 import { AgentError } from "../errors.ts";
 import { parseDuration } from "../duration.ts";
@@ -42,6 +43,8 @@ export const devCommand = defineCommand({
       valueHint: "FILE",
     },
     jwks: { type: "string", description: "JWKS file whose keys exchanged JWTs must be signed with", valueHint: "FILE" },
+    "tls-cert": { type: "string", description: "PEM certificate chain file: serve HTTPS (with --tls-key)", valueHint: "FILE" },
+    "tls-key": { type: "string", description: "PEM private key file for --tls-cert", valueHint: "FILE" },
     "rate-limits": { type: "string", description: "on or off: enforce ScaiVault's per-minute rate limits (default: on)", valueHint: "on|off" },
     "log-level": { type: "string", description: "error, warn, info or debug; env LOG_LEVEL (default: info)" },
     "log-format": { type: "string", description: "json or text; env LOG_FORMAT (default: text on a terminal, else json)" },
@@ -127,7 +130,22 @@ export function devOptionsFromArgs(args: Record<string, unknown>, env: Record<st
   const configFile = text("config");
   if (configFile !== undefined) options.config = loadDevConfig(configFile);
 
+  const tlsCert = text("tls-cert");
+  const tlsKey = text("tls-key");
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) {
+    throw new AgentError("config", "--tls-cert and --tls-key go together: give both to serve HTTPS, or neither");
+  }
+  if (tlsCert !== undefined && tlsKey !== undefined) options.tls = { cert: readPem(tlsCert, "--tls-cert"), key: readPem(tlsKey, "--tls-key") };
+
   options.jwtPublicKeyFile = text("jwt-public-key");
   options.jwksFile = text("jwks");
   return options;
+}
+
+function readPem(file: string, flag: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (error) {
+    throw new AgentError("config", `Cannot read ${flag} file "${file}": ${(error as NodeJS.ErrnoException).code ?? "error"}`, { cause: error });
+  }
 }

@@ -24,6 +24,18 @@ export interface DevConfig {
   identities?: Record<string, IdentityRules>;
   /** Dynamic-credential engines, passed through unparsed to the routes that serve them. */
   engines?: unknown;
+  /**
+   * OAuth clients that `POST /oauth/token` (the dev stand-in for ScaiKey's token endpoint)
+   * accepts for the client-credentials grant, by client id.
+   */
+  clients?: Record<string, DevClient>;
+}
+
+/** One OAuth client of the dev token endpoint. */
+export interface DevClient {
+  secret: string;
+  /** Identity that the issued token carries, such as `sa:billing-ci`. */
+  identity: string;
 }
 
 /** Secrets to load at start: secret path to its `data` object. */
@@ -105,9 +117,15 @@ const IdentityIdSchema = v.pipe(
   v.regex(/^\S{1,128}$/, (issue) => `invalid identity id "${String(issue.input)}": use 1 to 128 non-space characters`),
 );
 
+const DevClientSchema = v.strictObject({
+  secret: v.pipe(v.string(), v.minLength(1, "the client secret is empty")),
+  identity: IdentityIdSchema,
+});
+
 const DevConfigSchema = v.strictObject({
   identities: v.optional(v.record(IdentityIdSchema, IdentityRulesSchema)),
   engines: v.optional(v.unknown()),
+  clients: v.optional(v.record(IdentityIdSchema, DevClientSchema)),
 });
 
 function readJsonFile(file: string, kind: string): unknown {

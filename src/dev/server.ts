@@ -24,6 +24,7 @@ import { faultMiddleware, FaultInjector } from "./faults.ts";
 import { createJwtVerifier } from "./jwt.ts";
 import { AccessPolicy } from "./policy.ts";
 import { RateLimiter, setRateLimitHeaders, type RateLimitCategory } from "./ratelimit.ts";
+import { registerScaiKeyRoutes } from "./scaikey.ts";
 import { registerSecretRoutes } from "./secrets.ts";
 import { SecretStore } from "./state.ts";
 import { RequestStats } from "./stats.ts";
@@ -56,6 +57,8 @@ export interface DevServerOptions {
   routes?: DevRoutes[];
   /** Clock in epoch milliseconds for token expiry, rate limits and timestamps. @default Date.now */
   now?: () => number;
+  /** PEM certificate chain and key: serve HTTPS, to test CA bundles. @default plain HTTP */
+  tls?: { cert: string; key: string };
 }
 
 /** A running dev server. */
@@ -89,6 +92,7 @@ export const BUILTIN_ROUTES: readonly DevRoutes[] = [
   registerSecretRoutes,
   registerSubscriptionRoutes,
   registerDynamicRoutes,
+  registerScaiKeyRoutes,
   registerControlRoutes,
 ];
 
@@ -181,7 +185,7 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
   const logger = dev.context.logger;
   await dev.ready();
 
-  const http = await serveHttp(dev.app.fetch, { hostname: host, port }).catch((error: unknown) => {
+  const http = await serveHttp(dev.app.fetch, { hostname: host, port, tls: options.tls }).catch((error: unknown) => {
     throw new AgentError("config", `Cannot listen on ${host}:${port}: ${(error as Error).message}`, { cause: error });
   });
 
@@ -215,6 +219,7 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
       stopping ??= (async () => {
         dev.close();
         await http.stop();
+        await closeExtensions(dev.state);
         logger.info("dev server stopped", { url: http.url });
       })();
       return stopping;
