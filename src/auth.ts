@@ -1,7 +1,7 @@
 /**
- * Token sources: the exchange of a Kubernetes projected service-account token, ScaiKey client
- * credentials, and a static token, each behind `TokenSource`, with caching by the contract's rule:
- * reuse a token until the earlier of its expiry less a margin and 50 minutes after it was issued.
+ * Token sources, each behind `TokenSource`: the exchange of a Kubernetes projected service-account
+ * token, ScaiKey client credentials, and a static token. Obtained tokens are reused until the
+ * earlier of their expiry less a margin and 50 minutes after they were issued.
  */
 import { readFile } from "node:fs/promises";
 import { AgentError } from "./errors.ts";
@@ -13,7 +13,7 @@ import { VERSION } from "./version.ts";
 
 const log = getLogger("auth");
 
-/** Longest reuse of an exchanged token after it was issued. */
+/** Maximum reuse of an exchanged token after it was issued. */
 export const MAX_TOKEN_REUSE_MS = 50 * 60_000;
 /** Margin before expiry at which a token is replaced. Short-lived tokens use a fifth of their life. */
 export const TOKEN_EXPIRY_MARGIN_MS = 5 * 60_000;
@@ -64,7 +64,7 @@ export async function exchangeToken(
   return issued;
 }
 
-/** A fixed token, such as a personal access token from `SCAIVAULT_TOKEN`. */
+/** Returns a source of one fixed token, such as a personal access token from `SCAIVAULT_TOKEN`. */
 export function staticTokenSource(token: string): TokenSource {
   return {
     kind: "static",
@@ -128,7 +128,9 @@ export function clientCredentialsSource(options: ClientCredentials): TokenSource
 
     const body = await response.json().catch(() => undefined);
     if (!response.ok) {
-      const code = response.status === 401 || response.status === 400 ? "auth" : response.status === 403 ? "forbidden" : "server";
+      let code: "auth" | "forbidden" | "server" = "server";
+      if (response.status === 400 || response.status === 401) code = "auth";
+      if (response.status === 403) code = "forbidden";
       throw new AgentError(code, `Token endpoint ${options.tokenUrl} rejected client "${clientId}": ${response.status}`, { status: response.status });
     }
 

@@ -444,7 +444,7 @@ export function codeForServerCode(serverCode: string | undefined, status: number
 
 // ---------------------------------------------------------------------------------------------
 
-/** A failure before any response: `sent` tells whether the server may have acted on it. */
+/** A failure before any response; `sent` is true when the server may have acted on the request. */
 class RetryableError extends AgentError {
   readonly sent: boolean;
 

@@ -13,8 +13,9 @@ export interface ConnectOptions {
 }
 
 /**
- * Returns a client whose tokens come from, in order of precedence: `SCAIVAULT_TOKEN`; the exchange
- * of `SCAIVAULT_TOKEN_FILE`, falling back to ScaiKey client credentials when those are set too.
+ * Returns a client with the configured token source. `SCAIVAULT_TOKEN` comes first. Otherwise the
+ * exchange of `SCAIVAULT_TOKEN_FILE` is used, and ScaiKey client credentials are its fallback when
+ * they are set too.
  *
  * @throws AgentError `config` when no token source is configured or the CA file is unreadable.
  */

@@ -40,7 +40,7 @@ export function resolveTargets<M extends FileOptions & { target: string; line: n
 }
 
 /**
- * Renders `data` for `target` and writes it atomically unless the file already holds it.
+ * Renders `data` for `target` and writes it atomically unless the file already contains it.
  *
  * @throws AgentError `not_found` when the selected field is missing, `write` when the disk fails.
  */
@@ -53,7 +53,7 @@ export async function writeTarget(
   return writeFileAtomic(target.file, renderTarget(target, data, source), { mode: target.mode, layout: output.layout });
 }
 
-/** Renders `data` as `target`'s line asks. */
+/** Renders `data` with the format, field and encoding of `target`'s line. */
 export function renderTarget(target: FileTarget<FileOptions & { target: string; line: number }>, data: Record<string, unknown>, source: string): Uint8Array {
   try {
     return renderSecret(data, target.mapping);

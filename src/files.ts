@@ -1,14 +1,14 @@
 /**
- * The one file writer: targets confined to the configured output directories, content compared
- * before writing, and every write atomic on POSIX (temporary file in the target's directory,
- * fsync, chmod, rename), so that a reader sees the old file or the new one and never a part.
+ * The one file writer. Targets stay inside the configured output directories, content is compared
+ * before writing, and every write is atomic on POSIX: temporary file in the target's directory,
+ * fsync, chmod, rename. A reader sees the old file or the new one, never a part.
  */
 import { chmod, mkdir, open, readFile, realpath, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { AgentError } from "./errors.ts";
 import { randomHex } from "./retry.ts";
 
-/** Where files may go. */
+/** Output directories and the prefix they resolve under. */
 export interface OutputLayout {
   /** Absolute directories that targets must stay inside; relative targets go under the first. */
   dirs: string[];
@@ -50,7 +50,7 @@ export function outputDirs(layout: OutputLayout): string[] {
 }
 
 /**
- * Writes `bytes` to `path` atomically with `mode`, unless the file already holds exactly these
+ * Writes `bytes` to `path` atomically with `mode`, unless the file already contains exactly these
  * bytes, in which case it only corrects the mode and reports `changed: false`. Missing parent
  * directories inside an output directory are created with mode 0755.
  *

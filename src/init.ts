@@ -12,7 +12,7 @@ import type { ScaiVaultClient } from "./client.ts";
 
 const log = getLogger("init");
 
-/** What one init run did. */
+/** Files of one init run: written, already current, and skipped under FAIL_OPEN. */
 export interface InitResult {
   written: string[];
   unchanged: string[];

@@ -9,7 +9,7 @@ export interface LogOptions {
   level?: LogLevelName;
   /** `json` for containers, `text` for people. @default "text" on a terminal, else "json" */
   format?: LogFormat;
-  /** Where lines go. @default standard error */
+  /** Line writer. @default a write to standard error */
   write?: (line: string) => void;
 }
 

@@ -9,7 +9,7 @@
  * Blank lines and lines starting with `#` are skipped. Whitespace around `->` and at the ends of a
  * line is free, so YAML block scalars with aligned columns and a trailing newline parse as written.
  * Options follow the target as `key=value` words: `mode` (octal), `format` (`json`, `env`, `raw`),
- * `field`, `encoding` (`utf8` or `base64`, for a field that holds base64 of binary content).
+ * `field`, `encoding` (`utf8` or `base64`, for a field that contains base64 of binary content).
  */
 import { AgentError } from "./errors.ts";
 import { parseDuration } from "./duration.ts";
@@ -18,7 +18,7 @@ import { secretPathProblem } from "./paths.ts";
 export type FileFormat = "json" | "env" | "raw";
 export type FieldEncoding = "utf8" | "base64";
 
-/** How the secret's data becomes file bytes, and the file's mode. */
+/** Rendering options of one line: format, field, encoding and file mode. */
 export interface FileOptions {
   format: FileFormat;
   /** Write the raw value of this one field of `data`. */
@@ -50,7 +50,7 @@ export interface DynamicMapping extends FileOptions {
 export interface ParseOptions {
   /** Variable or flag name for messages. @default "SECRETS" */
   variable?: string;
-  /** What the target names: a file path (no spaces) or a Kubernetes Secret key. @default "file" */
+  /** Kind of target: a file path (no spaces) or a Kubernetes Secret key. @default "file" */
   targetKind?: "file" | "key";
 }
 
@@ -72,10 +72,15 @@ export function parseSecretMappings(text: string, options: ParseOptions = {}): S
     }
   }
 
-  problems.push(...duplicateTargets(mappings, variable));
+  // Several `path -> *` lines may each copy every field; clashing keys are found once data is read.
+  const named = mappings.filter((mapping) => !(options.targetKind === "key" && mapping.target === ALL_FIELDS));
+  problems.push(...duplicateTargets(named, variable));
   throwIfProblems(problems, variable);
   return mappings;
 }
+
+/** The `sync` target `*`: every field of the secret's data becomes a key of the same name. */
+export const ALL_FIELDS = "*";
 
 /**
  * Parses `DYNAMIC` text.
@@ -159,6 +164,10 @@ function parseSecretLine(content: string, line: number, targetKind: "file" | "ke
   }
 
   const [target, ...words] = right.split(/\s+/);
+  if (targetKind === "key" && target === ALL_FIELDS) {
+    if (inlineField !== undefined || words.length > 0) throw new Error(`"-> *" copies every field as it is; remove the field and the options, or name one key`);
+    return { line, path, target: ALL_FIELDS, format: "json", encoding: "utf8" };
+  }
   checkTarget(target!, targetKind);
   const options = parseOptions(words, inlineField);
   return { line, path, target: target!, ...options };

@@ -36,14 +36,20 @@ interface DenoLike {
 const bun = (globalThis as { Bun?: BunLike }).Bun;
 const deno = (globalThis as { Deno?: DenoLike }).Deno;
 
-/** `bun`, `deno` or `node`, for `Version` answers and logs. */
-export const runtimeName: string = bun ? "bun" : deno ? "deno" : "node";
+/** `bun`, `deno` or `node`, for the CSI `Version` response and logs. */
+export const runtimeName: string = detectRuntime().name;
 
 /** Version of the running runtime. */
-export const runtimeVersion: string = bun ? bun.version : deno ? deno.version.deno : process.versions.node;
+export const runtimeVersion: string = detectRuntime().version;
+
+function detectRuntime(): { name: string; version: string } {
+  if (bun) return { name: "bun", version: bun.version };
+  if (deno) return { name: "deno", version: deno.version.deno };
+  return { name: "node", version: process.versions.node };
+}
 
 /**
- * Serves `handler` on `hostname:port` (port 0 picks a free one), over HTTPS when `tls` holds a PEM
+ * Serves `handler` on `hostname:port` (port 0 picks a free one), over HTTPS when `tls` contains a PEM
  * certificate chain and key. Long-polling handlers need idle connections kept open, so Bun's idle
  * timeout is raised to its maximum of 255 seconds.
  */

@@ -1,4 +1,4 @@
-/** What every command shares: logging set-up, shutdown signals and the exit code of an error. */
+/** The frame of every command: logging set-up, shutdown signals and the exit code of an error. */
 import { AgentError, exitCodeOf } from "../errors.ts";
 import { configureLogging, errorFields, getLogger, type LogFormat, type LogLevelName } from "../log.ts";
 
