@@ -58,6 +58,10 @@ try {
     return { SCAIVAULT_URL: server.url, SCAIVAULT_TOKEN_FILE: join(work, "token"), SECRETS: secrets(count), OUT_DIR: out };
   };
 
+  const floor = join(work, "hello");
+  writeFileSync(`${floor}.ts`, 'console.log("hello")\n');
+  await new Promise((done) => spawn(process.execPath, ["build", `${floor}.ts`, "--compile", "--bytecode", "--format=esm", "--outfile", floor], { stdio: "ignore" }).on("close", done));
+  await measure("floor: compiled hello world", [floor], {});
   const version = await measure("`--version`", [BINARY, "--version"], {});
   await measure("`--help`", [BINARY, "--help"], {});
   const init10 = await measure("init, 10 secrets", [BINARY, "init"], agentEnv(10));
