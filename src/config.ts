@@ -7,6 +7,7 @@ import { AgentError } from "./errors.ts";
 import { parseDuration } from "./duration.ts";
 import { SETTINGS, readSettings } from "./options.ts";
 import { parseDynamicMappings, parseSecretMappings, type DynamicMapping, type SecretMapping } from "./mapping.ts";
+import { parseSignalName } from "./reload.ts";
 import type { OutputLayout } from "./files.ts";
 import type { LogFormat, LogLevelName } from "./log.ts";
 
@@ -105,6 +106,124 @@ export function loadInitConfig(args: Args, env: Env): InitConfig {
 
   if (problems.length) throw new AgentError("config", problems.join("\n"));
   return { connection: connection!, output: output!, secrets, dynamic, timeoutMs: timeoutMs!, failOpen: failOpen! };
+}
+
+export interface SidecarConfig {
+  connection: ConnectionConfig;
+  output: OutputConfig;
+  watch: SecretMapping[];
+  refreshIntervalMs: number;
+  /** Fraction of the interval by which each wait is spread either way, 0 to 0.5. */
+  refreshJitter: number;
+  reloadSignal: NodeJS.Signals;
+  reloadTarget?: string;
+  /** How long the start-up check looks for the reload target before it warns. */
+  reloadTargetWaitMs: number;
+  /** Address of /healthz, /readyz and /metrics; undefined when HEALTH_ADDR is `off`. */
+  health?: { hostname: string; port: number };
+  events: boolean;
+  startJitterMs: number;
+  /** Age of the last successful refresh beyond which /readyz fails; undefined: never. */
+  readyMaxStalenessMs?: number;
+  /** Leases to hold while the sidecar runs. */
+  dynamic: DynamicMapping[];
+  /** Time between writing a replaced lease's new credential and revoking the old lease. */
+  leaseRevokeGraceMs: number;
+}
+
+/**
+ * Reads everything `sidecar` needs. Lines of WATCH_PATHS are checked before any request.
+ *
+ * @throws AgentError `config` listing every invalid setting and line.
+ */
+export function loadSidecarConfig(args: Args, env: Env): SidecarConfig {
+  const problems: string[] = [];
+  const attempt = <T>(load: () => T): T | undefined => {
+    try {
+      return load();
+    } catch (error) {
+      if (!(error instanceof AgentError) || error.code !== "config") throw error;
+      problems.push(error.message);
+      return undefined;
+    }
+  };
+
+  const connection = attempt(() => loadConnection(args, env));
+  const output = attempt(() => loadOutput(args, env));
+  const raw = readSettings(SETTINGS.sidecar, args, env);
+  const dynamic = attempt(() => parseDynamicMappings(raw.dynamic ?? "", { variable: "DYNAMIC" })) ?? [];
+  const leaseRevokeGraceMs = attempt(() => parseDuration(raw.leaseRevokeGrace!, "LEASE_REVOKE_GRACE"));
+  const watch = attempt(() => parseSecretMappings(raw.watchPaths ?? "", { variable: "WATCH_PATHS" })) ?? [];
+  const refreshIntervalMs = attempt(() => positiveDuration(raw.refreshInterval!, "REFRESH_INTERVAL"));
+  const refreshJitter = attempt(() => parseFraction(raw.refreshJitter!, "REFRESH_JITTER", 0.5));
+  const reloadSignal = attempt(() => parseSignalName(raw.reloadSignal!, "RELOAD_SIGNAL"));
+  const reloadTargetWaitMs = attempt(() => parseDuration(raw.reloadTargetWait!, "RELOAD_TARGET_WAIT"));
+  const health = attempt(() => parseListenAddress(raw.healthAddr!, "HEALTH_ADDR"));
+  const events = attempt(() => parseBoolean(raw.events!, "EVENTS"));
+  const startJitterMs = attempt(() => parseDuration(raw.startJitter!, "START_JITTER"));
+  const readyMaxStalenessMs = raw.readyMaxStaleness === undefined ? undefined : attempt(() => positiveDuration(raw.readyMaxStaleness!, "READY_MAX_STALENESS"));
+
+  const watchTargets = new Map(watch.map((mapping) => [mapping.target, mapping.line]));
+  for (const mapping of dynamic) {
+    const line = watchTargets.get(mapping.target);
+    if (line !== undefined) problems.push(`DYNAMIC line ${mapping.line}: "${mapping.target}" is already written by WATCH_PATHS line ${line}; give each its own file`);
+  }
+
+  if (watch.length === 0 && raw.dynamic === undefined) {
+    problems.push(
+      raw.watchPaths === undefined
+        ? "WATCH_PATHS is not set: write one `path -> file` per line, for example\n    environments/production/billing/database -> /run/secrets/db.json"
+        : "WATCH_PATHS has no lines: write one `path -> file` per line",
+    );
+  }
+
+  if (problems.length) throw new AgentError("config", problems.join("\n"));
+  return {
+    connection: connection!,
+    output: output!,
+    watch,
+    refreshIntervalMs: refreshIntervalMs!,
+    refreshJitter: refreshJitter!,
+    reloadSignal: reloadSignal!,
+    reloadTarget: raw.reloadTarget?.trim() || undefined,
+    reloadTargetWaitMs: reloadTargetWaitMs!,
+    health: health ?? undefined,
+    events: events!,
+    startJitterMs: startJitterMs!,
+    readyMaxStalenessMs,
+    dynamic,
+    leaseRevokeGraceMs: leaseRevokeGraceMs!,
+  };
+}
+
+/** Parses a percentage (`10%`) or a fraction (`0.1`) between 0 and `max`. */
+export function parseFraction(value: string, name: string, max: number): number {
+  const text = value.trim();
+  const percent = text.endsWith("%");
+  const number = Number(percent ? text.slice(0, -1) : text);
+  const fraction = percent ? number / 100 : number;
+
+  if (text === "" || !Number.isFinite(fraction) || fraction < 0 || fraction > max) {
+    throw new AgentError("config", `Invalid ${name}: "${value}". Write a percentage from 0% to ${max * 100}%, such as 10%`);
+  }
+  return fraction;
+}
+
+/**
+ * Parses `host:port`, `[ipv6]:port` or `:port` (all interfaces); `off` gives null.
+ *
+ * @throws AgentError `config` naming the value.
+ */
+export function parseListenAddress(value: string, name: string): { hostname: string; port: number } | null {
+  const text = value.trim();
+  if (text.toLowerCase() === "off") return null;
+
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) {
+    throw new AgentError("config", `Invalid ${name}: "${value}". Write host:port such as 0.0.0.0:8099 or 127.0.0.1:0, or off`);
+  }
+  return { hostname: match[1] ?? (match[2] || "0.0.0.0"), port };
 }
 
 /** Parses `true`/`false` (also 1/0, yes/no). */

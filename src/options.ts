@@ -75,6 +75,147 @@ export const SETTINGS = {
       boolean: true,
     },
   },
+  sidecar: {
+    watchPaths: { env: "WATCH_PATHS", flag: "watch-paths", description: "Lines of `path[#field] -> file [options]` to keep current (grammar of SECRETS)" },
+    refreshInterval: { env: "REFRESH_INTERVAL", flag: "refresh-interval", description: "Time between two reads of every watched secret", default: "5m" },
+    refreshJitter: {
+      env: "REFRESH_JITTER",
+      flag: "refresh-jitter",
+      description: "Random spread of each interval, as a percentage (10%) or a fraction (0.1), at most 50%",
+      default: "10%",
+    },
+    reloadSignal: { env: "RELOAD_SIGNAL", flag: "reload-signal", description: "Signal sent to RELOAD_TARGET after files changed", default: "SIGHUP" },
+    reloadTarget: {
+      env: "RELOAD_TARGET",
+      flag: "reload-target",
+      description: "Process name of the application to signal (its comm or the basename of argv[0]); unset: only files change",
+    },
+    reloadTargetWait: {
+      env: "RELOAD_TARGET_WAIT",
+      flag: "reload-target-wait",
+      description: "How long to look for RELOAD_TARGET at start before warning that it is missing",
+      default: "60s",
+    },
+    healthAddr: {
+      env: "HEALTH_ADDR",
+      flag: "health-addr",
+      description: "host:port for /healthz, /readyz and /metrics, or off",
+      default: "0.0.0.0:8099",
+    },
+    events: {
+      env: "EVENTS",
+      flag: "events",
+      description: "Subscribe to ScaiVault events to refresh at once on rotation",
+      default: "true",
+      boolean: true,
+    },
+    startJitter: {
+      env: "START_JITTER",
+      flag: "start-jitter",
+      description: "Upper bound of a random delay before the first read, applied only when every file already exists",
+      default: "10s",
+    },
+    readyMaxStaleness: {
+      env: "READY_MAX_STALENESS",
+      flag: "ready-max-staleness",
+      description: "Report not ready when the last successful refresh is older than this; unset: staleness is only reported",
+    },
+    dynamic: {
+      env: "DYNAMIC",
+      flag: "dynamic",
+      description: "Lines of `engine=... role=... [ttl=...] -> file [options]`: leases to generate at start, renew, and revoke at exit",
+    },
+    leaseRevokeGrace: {
+      env: "LEASE_REVOKE_GRACE",
+      flag: "lease-revoke-grace",
+      description: "Time the application gets to switch to new credentials before the replaced lease is revoked",
+      default: "30s",
+    },
+  },
+  csi: {
+    socket: {
+      env: "CSI_SOCKET",
+      flag: "socket",
+      description: "Unix socket the Secrets Store CSI driver calls: <provider directory>/scaivault.sock",
+      default: "/etc/kubernetes/secrets-store-csi-providers/scaivault.sock",
+    },
+    socketMode: { env: "CSI_SOCKET_MODE", flag: "socket-mode", description: "Octal mode of the socket file", default: "0600" },
+    healthAddr: {
+      env: "HEALTH_ADDR",
+      flag: "health-addr",
+      description: "host:port for /healthz, /readyz and /metrics, or off",
+      default: "0.0.0.0:8098",
+    },
+    allowedUrls: {
+      env: "SCAIVAULT_ALLOWED_URLS",
+      flag: "allowed-urls",
+      description: "Comma-separated base URLs a SecretProviderClass may name; https://* allows any https URL",
+      default: "https://*",
+    },
+    mountTimeout: { env: "CSI_MOUNT_TIMEOUT", flag: "mount-timeout", description: "Deadline of one Mount call", default: "30s" },
+    mountConcurrency: {
+      env: "CSI_MOUNT_CONCURRENCY",
+      flag: "mount-concurrency",
+      description: "ScaiVault requests one Mount call runs at the same time",
+      default: "4",
+    },
+    maxResponseBytes: {
+      env: "CSI_MAX_RESPONSE_BYTES",
+      flag: "max-response-bytes",
+      description: "Largest Mount response in bytes; the driver's gRPC client accepts 4 MiB unless --max-call-recv-msg-size raises it",
+      default: "4194304",
+    },
+  },
+  sync: {
+    secretName: { env: "SYNC_SECRET_NAME", flag: "secret-name", description: "Name of the Kubernetes Secret to create or update" },
+    namespace: { env: "SYNC_NAMESPACE", flag: "namespace", description: "Namespace of the Secret; default: the pod's own, from KUBERNETES_NAMESPACE_FILE" },
+    mapping: {
+      env: "SYNC_MAPPING",
+      flag: "mapping",
+      description: "Lines of `path -> KEY` (data as JSON), `path#field -> KEY` (one raw field) or `path -> *` (every field as a key)",
+    },
+    secretType: { env: "SYNC_SECRET_TYPE", flag: "secret-type", description: "Type of a Secret that sync creates", default: "Opaque" },
+    labels: { env: "SYNC_LABELS", flag: "labels", description: "Extra labels of the Secret: key=value, separated by commas or lines" },
+    annotations: { env: "SYNC_ANNOTATIONS", flag: "annotations", description: "Extra annotations of the Secret: key=value, separated by commas or lines" },
+    adopt: {
+      env: "SYNC_ADOPT",
+      flag: "adopt",
+      description: "Take over an existing Secret that sync did not create, replacing its data",
+      default: "false",
+      boolean: true,
+    },
+    dryRun: {
+      env: "SYNC_DRY_RUN",
+      flag: "dry-run",
+      description: "Print the Secret with values redacted instead of writing it",
+      default: "false",
+      boolean: true,
+    },
+    timeout: { env: "SYNC_TIMEOUT", flag: "timeout", description: "Deadline for the whole sync run", default: "2m" },
+    apiUrl: {
+      env: "KUBERNETES_API_URL",
+      flag: "kube-api-url",
+      description: "Kubernetes API base URL; default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, as in a pod",
+    },
+    tokenFile: {
+      env: "KUBERNETES_TOKEN_FILE",
+      flag: "kube-token-file",
+      description: "Service-account token for the Kubernetes API",
+      default: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    },
+    caFile: {
+      env: "KUBERNETES_CA_FILE",
+      flag: "kube-ca-file",
+      description: "PEM bundle of the cluster CA that signed the API server's certificate",
+      default: "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+    },
+    namespaceFile: {
+      env: "KUBERNETES_NAMESPACE_FILE",
+      flag: "kube-namespace-file",
+      description: "File holding the pod's namespace, read when SYNC_NAMESPACE is not set",
+      default: "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+    },
+  },
 } satisfies Record<string, Record<string, Setting>>;
 
 /** Returns citty argument definitions for the given groups of settings. */
@@ -84,7 +225,8 @@ export function settingsArgs(...groups: Array<Record<string, Setting>>): ArgsDef
     for (const setting of Object.values(group)) {
       if (!setting.flag) continue;
       const suffix = setting.default !== undefined ? ` (default: ${setting.default})` : "";
-      args[setting.flag] = { type: "string", description: `${setting.description}; env ${setting.env}${suffix}` };
+      const description = `${setting.description}; env ${setting.env}${suffix}`;
+      args[setting.flag] = setting.boolean ? { type: "boolean", description } : { type: "string", description };
     }
   }
   return args;
@@ -103,7 +245,10 @@ export function readSettings<T extends Record<string, Setting>>(
   for (const [key, setting] of Object.entries(group) as Array<[keyof T, Setting]>) {
     const flagValue = setting.flag ? args[setting.flag] : undefined;
     const envValue = env[setting.env];
-    const chosen = typeof flagValue === "string" ? flagValue : envValue !== undefined && envValue !== "" ? envValue : setting.default;
+    let chosen = setting.default;
+    if (envValue !== undefined && envValue !== "") chosen = envValue;
+    if (typeof flagValue === "string") chosen = flagValue;
+    if (typeof flagValue === "boolean") chosen = String(flagValue);
     values[key] = chosen;
   }
   return values;

@@ -171,12 +171,12 @@ describe("exchange", () => {
     expect(reply.body.error.message).toContain("audience");
   });
 
-  test("exchange rejects a request audience the server does not use", async () => {
+  test("exchange rejects a foreign request audience", async () => {
     const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing")), { audience: "other" });
     expectError(reply, 401, "token_invalid");
   });
 
-  test("exchange rejects a subject that is not a service account", async () => {
+  test("exchange rejects a non-service-account subject", async () => {
     const reply = await exchange(main, makeJwt(serviceAccountClaims("billing", "billing", { sub: "user:alice" })));
     expectError(reply, 403, "access_denied");
   });
@@ -198,7 +198,7 @@ describe("exchange", () => {
     expectError(reply, 400, "invalid_request");
   });
 
-  test("exchange rejects a body that is not JSON", async () => {
+  test("exchange rejects a non-JSON body", async () => {
     const reply = await call(main, "POST", "/v1/auth/exchange", { token: null, body: "{not json" });
     expectError(reply, 400, "invalid_request");
   });
@@ -210,7 +210,7 @@ describe("exchange", () => {
 });
 
 describe("exchange with signature checks", () => {
-  test("exchange rejects a bad signature with a PEM key", async () => {
+  test("exchange rejects a bad signature", async () => {
     const keys = await crypto.subtle.generateKey(
       { name: "RSASSA-PKCS1-v1_5", modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" },
       true,
@@ -297,7 +297,7 @@ describe("tokens", () => {
     expectError(await call(server, "GET", "/v1/auth/whoami", { token: reply.body.access_token }), 401, "token_expired");
   });
 
-  test("revoke-all revokes issued tokens but not the root token", async () => {
+  test("revoke-all spares the root token", async () => {
     const server = await start();
     const token = await tokenFor(server, "revoked");
 
@@ -336,12 +336,12 @@ describe("secrets", () => {
     expect(old.body.data).toEqual({ api_key: "v1-key" });
   });
 
-  test("secret get of a missing version is version_not_found", async () => {
+  test("secret get rejects a missing version", async () => {
     expectError(await call(main, "GET", "/v1/secrets/apps/billing/db?version=9"), 404, "version_not_found");
     expectError(await call(main, "GET", "/v1/secrets/apps/billing/db?version=abc"), 400, "invalid_request");
   });
 
-  test("secret get of a missing path is secret_not_found", async () => {
+  test("secret get rejects a missing path", async () => {
     expectError(await call(main, "GET", "/v1/secrets/apps/none/here"), 404, "secret_not_found");
   });
 
@@ -364,14 +364,14 @@ describe("secrets", () => {
     expectError(await call(main, "GET", `/v1/secrets/${path}`), 400, "invalid_path");
   });
 
-  test("secret path of ten segments and 512 characters is valid", async () => {
+  test("secret path accepts the maximum size", async () => {
     const longPath = `${"a".repeat(494)}/b/c/d/e/f/g/h/i/j`;
     expect(longPath).toHaveLength(512);
     expect((await put(main, "a/b/c/d/e/f/g/h/i/j", { k: "v" })).status).toBe(200);
     expectError(await call(main, "GET", `/v1/secrets/${longPath}`), 404, "secret_not_found");
   });
 
-  test("secret delete removes it and publishes nothing to others", async () => {
+  test("secret delete removes the secret", async () => {
     await put(main, "apps/temp/one", { value: "x" });
 
     expect((await call(main, "DELETE", "/v1/secrets/apps/temp/one")).status).toBe(204);
@@ -379,7 +379,7 @@ describe("secrets", () => {
     expectError(await call(main, "DELETE", "/v1/secrets/apps/temp/one"), 404, "secret_not_found");
   });
 
-  test("rotate replaces password-like values and keeps the old version", async () => {
+  test("rotate replaces password-like values", async () => {
     await put(main, "apps/rotate/db", { username: "app", password: "old-password-1", port: "5432" });
 
     const rotated = await call(main, "POST", "/v1/secrets/apps/rotate/db/rotate");
@@ -394,7 +394,7 @@ describe("secrets", () => {
     expect(old.body.data.password).toBe("old-password-1");
   });
 
-  test("rotate uses the data of the request body", async () => {
+  test("rotate uses the request data", async () => {
     await put(main, "apps/rotate/given", { token: "t1" });
     const rotated = await call(main, "POST", "/v1/secrets/apps/rotate/given/rotate", { body: { data: { token: "t2" } } });
 
@@ -402,7 +402,7 @@ describe("secrets", () => {
     expectError(await call(main, "POST", "/v1/secrets/apps/rotate/missing/rotate"), 404, "secret_not_found");
   });
 
-  test("rotate applies to a secret whose last segment is rotate", async () => {
+  test("rotate handles a secret named rotate", async () => {
     await put(main, "apps/rotate", { secret: "s1" });
 
     const read = await call(main, "GET", "/v1/secrets/apps/rotate");
@@ -436,7 +436,7 @@ describe("secrets", () => {
     expect(reply.body.secrets["apps/billing/db"]).toMatchObject({ path: "apps/billing/db", metadata: {}, expires_at: null });
   });
 
-  test("batch with fail_fast fails on the first error", async () => {
+  test("batch fail_fast stops at an error", async () => {
     const reply = await call(main, "POST", "/v1/secrets/batch", {
       body: { paths: ["apps/billing/db", "apps/none/here"], options: { fail_fast: true } },
     });
@@ -484,7 +484,7 @@ describe("access control", () => {
     expectError(await put(server, "environments/production/billing/database", { password: "x" }, billing), 403, "access_denied");
   });
 
-  test("policy allows writing with a write rule but not reading", async () => {
+  test("policy separates write from read", async () => {
     const writer = await tokenFor(server, "writer");
 
     expect((await put(server, "environments/staging/billing/api", { key: "k" }, writer)).status).toBe(200);
@@ -501,7 +501,7 @@ describe("access control", () => {
     expect(reply.body.errors["environments/production/hr/database"].code).toBe("access_denied");
   });
 
-  test("exchange denies identities the config does not list", async () => {
+  test("exchange denies unlisted identities", async () => {
     expectError(await exchange(server, makeJwt(serviceAccountClaims("apps", "stranger"))), 403, "access_denied");
     expectError(await exchange(server, makeJwt(serviceAccountClaims("apps", "billing")), { role: "sa:unknown" }), 403, "access_denied");
     expect((await exchange(server, makeJwt(serviceAccountClaims("apps", "other")), { role: "sa:billing" })).status).toBe(200);
@@ -531,15 +531,15 @@ describe("rate limits", () => {
 
   test("rate limit buckets are per identity", async () => {
     const server = await start({ rateLimits: { whoami: 1 } });
-    const one = await tokenFor(server, "one");
-    const two = await tokenFor(server, "two");
+    const firstToken = await tokenFor(server, "first");
+    const secondToken = await tokenFor(server, "second");
 
-    expect((await call(server, "GET", "/v1/auth/whoami", { token: one })).status).toBe(200);
-    expect((await call(server, "GET", "/v1/auth/whoami", { token: two })).status).toBe(200);
-    expectError(await call(server, "GET", "/v1/auth/whoami", { token: one }), 429, "rate_limited");
+    expect((await call(server, "GET", "/v1/auth/whoami", { token: firstToken })).status).toBe(200);
+    expect((await call(server, "GET", "/v1/auth/whoami", { token: secondToken })).status).toBe(200);
+    expectError(await call(server, "GET", "/v1/auth/whoami", { token: firstToken }), 429, "rate_limited");
   });
 
-  test("rate limit of a batch counts one read per secret", async () => {
+  test("batch draws one read per secret", async () => {
     const server = await start({ rateLimits: { read: 1 }, seed: { "a/one": { k: "1" }, "a/two": { k: "2" } } });
     const reply = await call(server, "POST", "/v1/secrets/batch", { body: { paths: ["a/one", "a/two"] } });
 
@@ -597,7 +597,7 @@ describe("subscriptions", () => {
     expectError(await call(server, "POST", "/v1/subscriptions", { token, body: { paths: [] } }), 422, "validation_error");
   });
 
-  test("poll wakes on a write within a short time", async () => {
+  test("poll wakes at once on a write", async () => {
     const id = await subscribe(["apps/events/**"], ["secret.updated"]);
     const started = performance.now();
     const pending = poll(id, "timeout=20");
@@ -825,7 +825,7 @@ describe("dev command", () => {
     return { child, exited, waitForUrl, output: () => ({ stdout, stderr }) };
   }
 
-  test("dev command prints its URL and root token and stops on SIGTERM", async () => {
+  test("dev command serves until SIGTERM", async () => {
     const seedFile = join(scratch, "seed.json");
     writeFileSync(seedFile, JSON.stringify({ "apps/cli/db": { password: "cli-seed-password" } }));
     const cli = startCli(["--seed", seedFile, "--token-ttl", "30s"]);
@@ -846,7 +846,7 @@ describe("dev command", () => {
     expect(cli.output().stderr).not.toContain("cli-seed-password");
   });
 
-  test("dev command takes the root token from the environment", async () => {
+  test("dev command reads the root token env", async () => {
     const cli = startCli([], { SCAIVAULT_DEV_ROOT_TOKEN: "env-root-token-123" });
 
     const url = await cli.waitForUrl();
@@ -858,7 +858,7 @@ describe("dev command", () => {
     expect(cli.output().stdout).not.toContain("Root token");
   });
 
-  test("dev command rejects a seed with an invalid path", async () => {
+  test("dev command rejects an invalid seed", async () => {
     const seedFile = join(scratch, "bad-seed.json");
     writeFileSync(seedFile, JSON.stringify({ "Bad/Path": { password: "hidden-value" }, "ok/path": "not-an-object" }));
     const cli = startCli(["--seed", seedFile]);

@@ -428,6 +428,33 @@ describe("init with FAIL_OPEN", () => {
     expect(filesIn(prefix)).toEqual(["db.json", "stripe.json"]);
   });
 
+  test("init --fail-open flag works like FAIL_OPEN=true", async () => {
+    const prefix = freshPrefix();
+    const result = await runCli(["init", "--fail-open", "--output-prefix", prefix], {
+      SCAIVAULT_URL: server.url,
+      SCAIVAULT_TOKEN_FILE: jwtFile,
+      SECRETS: "environments/none -> /run/secrets/n.json",
+    });
+    outputs.push(result.stderr);
+
+    expect(result.code).toBe(0);
+    expect(result.stderr).toContain("FAIL_OPEN is set");
+  });
+
+  test("init flags win over environment variables", async () => {
+    const prefix = freshPrefix();
+    const result = await runCli(["init", "--secrets", `${DATABASE} -> /run/secrets/flag.json`, "--output-prefix", prefix], {
+      SCAIVAULT_URL: server.url,
+      SCAIVAULT_TOKEN_FILE: jwtFile,
+      SECRETS: "environments/none -> /run/secrets/env.json",
+      OUTPUT_PREFIX: join(scratch, "not-used"),
+    });
+    outputs.push(result.stderr);
+
+    expect(result.code).toBe(0);
+    expect(filesIn(prefix)).toEqual(["flag.json"]);
+  });
+
   test("init with FAIL_OPEN still rejects invalid configuration", async () => {
     const result = await init({ SECRETS: "BAD -> x", FAIL_OPEN: "true" });
     expect(result.code).toBe(EXIT_CODES.config);

@@ -2,6 +2,7 @@ import { defineCommand } from "citty";
 import { SETTINGS, settingsArgs } from "../options.ts";
 import { loadInitConfig } from "../config.ts";
 import { runInit } from "../init.ts";
+import { initDynamic } from "../leases-init.ts";
 import { runAction } from "./_run.ts";
 
 export default defineCommand({
@@ -13,6 +14,6 @@ export default defineCommand({
   run: ({ args }) =>
     runAction(args, async ({ signal, env }) => {
       const config = loadInitConfig(args, env);
-      await runInit(config, { signal });
+      await runInit(config, { signal, dynamic: initDynamic });
     }),
 });

@@ -20,7 +20,7 @@ export interface TestKeyPair {
   privateKey: KeyObject;
   /** `-----BEGIN PUBLIC KEY-----` (SubjectPublicKeyInfo), for `--jwt-public-key`. */
   publicKeyPem: string;
-  /** Public JWK, for a JWKS file: `{"keys": [jwk]}`. */
+  /** The public key as a JWK, for the `keys` array of a JWKS file. */
   publicJwk: JsonWebKey;
 }
 

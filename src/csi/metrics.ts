@@ -1,0 +1,64 @@
+/**
+ * The provider's Prometheus metrics. Labels carry routes, status codes and results, never a
+ * path, a pod name or a token, so the number of series stays small on a busy node.
+ *
+ * - `scaivault_csi_mounts_total{result}`: Mount calls by `ok` or `error`.
+ * - `scaivault_csi_mount_errors_total{code}`: failed Mount calls by gRPC status name.
+ * - `scaivault_csi_mount_duration_seconds_total`: time spent in Mount calls; divide by the mounts.
+ * - `scaivault_csi_scaivault_requests_total{route,status}`: ScaiVault requests by route and HTTP status.
+ * - `scaivault_csi_scaivault_request_duration_seconds_total{route}`: their time; divide by the requests.
+ * - `scaivault_csi_token_exchanges_total`, `scaivault_csi_token_cache_hits_total`, `scaivault_csi_token_cache_entries`.
+ */
+import { MetricsRegistry, type Counter, type Gauge } from "../metrics.ts";
+import type { RequestRecord } from "../client.ts";
+import type { TokenCacheStats } from "./token-cache.ts";
+
+/** The provider's metrics on one registry. */
+export interface CsiMetrics {
+  registry: MetricsRegistry;
+  mounts: Counter;
+  mountErrors: Counter;
+  mountSeconds: Counter;
+  requests: Counter;
+  requestSeconds: Counter;
+  /** Records one finished ScaiVault request. */
+  recordRequest(record: RequestRecord): void;
+}
+
+/** Registers the provider's metrics; `cacheStats` is read at every scrape. */
+export function createCsiMetrics(cacheStats: () => TokenCacheStats, registry = new MetricsRegistry()): CsiMetrics {
+  const mounts = registry.counter("scaivault_csi_mounts_total", "Mount calls by result", ["result"]);
+  const mountErrors = registry.counter("scaivault_csi_mount_errors_total", "Failed Mount calls by gRPC status code", ["code"]);
+  const mountSeconds = registry.counter("scaivault_csi_mount_duration_seconds_total", "Seconds spent in Mount calls");
+  const requests = registry.counter("scaivault_csi_scaivault_requests_total", "ScaiVault requests by route and HTTP status", ["route", "status"]);
+  const requestSeconds = registry.counter(
+    "scaivault_csi_scaivault_request_duration_seconds_total",
+    "Seconds spent in ScaiVault requests by route",
+    ["route"],
+  );
+  const exchanges = registry.counter("scaivault_csi_token_exchanges_total", "Service-account tokens exchanged for ScaiVault tokens");
+  const hits = registry.counter("scaivault_csi_token_cache_hits_total", "Mounts served with a cached ScaiVault token");
+  const entries: Gauge = registry.gauge("scaivault_csi_token_cache_entries", "Service accounts with a cached ScaiVault token");
+
+  let seen: TokenCacheStats = { exchanges: 0, hits: 0, entries: 0 };
+  registry.onCollect(function collectTokenCache() {
+    const now = cacheStats();
+    exchanges.inc({}, now.exchanges - seen.exchanges);
+    hits.inc({}, now.hits - seen.hits);
+    entries.set({}, now.entries);
+    seen = now;
+  });
+
+  return {
+    registry,
+    mounts,
+    mountErrors,
+    mountSeconds,
+    requests,
+    requestSeconds,
+    recordRequest(record) {
+      requests.inc({ route: record.route, status: String(record.status) });
+      requestSeconds.inc({ route: record.route }, record.durationMs / 1000);
+    },
+  };
+}

@@ -1,0 +1,291 @@
+/**
+ * One Mount call: check the request, exchange the pod's token (or reuse the service account's
+ * cached ScaiVault token), read the objects with batch reads, render each into its file, and
+ * return the files with one object version each. A version is the ScaiVault version plus the
+ * selected field, so unchanged secrets return unchanged versions on every rotation poll.
+ */
+import { AgentError, type ErrorCode } from "../errors.ts";
+import { errorFields, getLogger } from "../log.ts";
+import { exchangeToken } from "../auth.ts";
+import { ScaiVaultClient, MAX_BATCH_PATHS, type TokenSource } from "../client.ts";
+import type { Secret } from "../contract.ts";
+import { RenderError, renderSecret } from "../render.ts";
+import type { FetchFunction } from "../runtime.ts";
+import type { UrlRule } from "./allowed-urls.ts";
+import { parseMountAttributes, type MountObject, type MountSpec } from "./attributes.ts";
+import type { CsiMetrics } from "./metrics.ts";
+import { encodeMountResponse, type File, type MountRequest, type MountResponse, type ObjectVersion } from "./proto.ts";
+import { serviceAccountKey, ServiceAccountTokenCache } from "./token-cache.ts";
+
+const log = getLogger("csi");
+
+/** Largest response the driver's gRPC client accepts by default (grpc-go's 4 MiB receive limit). */
+export const DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
+
+export interface MounterOptions {
+  /** Base URLs a SecretProviderClass may name. */
+  allowedUrls: UrlRule[];
+  /** Trusts `SCAIVAULT_CA_FILE` when built by `createFetch`. @default global fetch */
+  fetch?: FetchFunction;
+  tenantId?: string;
+  /** Attempts per ScaiVault request. @default 3, so retries end within the driver's own deadline */
+  maxAttempts?: number;
+  requestTimeoutMs?: number;
+  /** Deadline of one Mount. @default 30000 */
+  mountTimeoutMs?: number;
+  /** ScaiVault requests one Mount runs at the same time. @default 4 */
+  concurrency?: number;
+  /** @default 4 MiB */
+  maxResponseBytes?: number;
+  tokenCache?: ServiceAccountTokenCache;
+  metrics?: CsiMetrics;
+}
+
+/** A response over the size limit; the server answers it with RESOURCE_EXHAUSTED. */
+export class ResponseTooLargeError extends AgentError {
+  constructor(message: string) {
+    super("config", message);
+  }
+}
+
+/** A finished Mount: the response and its encoding, so the server sends the bytes that were measured. */
+export interface MountResult {
+  response: MountResponse;
+  encoded: Uint8Array;
+}
+
+/** Serves Mount calls with one token cache shared by all of them. */
+export class Mounter {
+  readonly tokenCache: ServiceAccountTokenCache;
+  readonly #options: MounterOptions;
+
+  constructor(options: MounterOptions) {
+    const concurrency = options.concurrency ?? 4;
+    if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError(`Invalid mount concurrency ${concurrency}: use a whole number of 1 or more`);
+
+    this.#options = options;
+    this.tokenCache = options.tokenCache ?? new ServiceAccountTokenCache();
+  }
+
+  /**
+   * Serves one Mount request.
+   *
+   * @throws AgentError naming the SecretProviderClass, the objects and the fix; `ResponseTooLargeError` over the limit.
+   */
+  async mount(request: MountRequest, signal?: AbortSignal): Promise<MountResult> {
+    const started = performance.now();
+    const spec = parseMountAttributes(request.attributes, request.permission, this.#options.allowedUrls);
+    const key = serviceAccountKey(spec, this.#options.tenantId);
+
+    const deadline = AbortSignal.timeout(this.#options.mountTimeoutMs ?? 30_000);
+    const mountSignal = signal ? AbortSignal.any([deadline, signal]) : deadline;
+    const client = this.#client(spec, key, mountSignal);
+
+    let secrets: ReadSecrets;
+    try {
+      secrets = await readObjects(client, spec.objects, this.#options.concurrency ?? 4);
+    } catch (error) {
+      if (!(error instanceof AgentError)) throw error;
+      log.warn("Cannot read objects", { ...podFields(spec), baseUrl: spec.baseUrl, ...errorFields(error) });
+      throw new AgentError(error.code, `Cannot mount ${mountLabel(spec)}: ${error.message}${hint(error.code, spec)}`, {
+        cause: error,
+        serverCode: error.serverCode,
+        requestId: error.requestId,
+      });
+    }
+    const { files, versions, failures } = renderObjects(spec, secrets);
+    if (failures.length) {
+      for (const failure of failures) log.warn("Cannot mount object", { ...podFields(spec), path: failure.object.path, file: failure.object.file, ...errorFields(failure.error) });
+      throw combine(spec, failures);
+    }
+
+    const response: MountResponse = { objectVersion: versions, files };
+    const encoded = encodeMountResponse(response);
+    this.#checkSize(spec, encoded.length);
+
+    log.info("Mounted objects", {
+      ...podFields(spec),
+      objects: files.length,
+      changed: changedIds(request.currentObjectVersion, versions),
+      bytes: encoded.length,
+      durationMs: Math.round(performance.now() - started),
+    });
+    return { response, encoded };
+  }
+
+  #client(spec: MountSpec, key: string, signal: AbortSignal): ScaiVaultClient {
+    const base = new ScaiVaultClient({
+      baseUrl: spec.baseUrl,
+      fetch: this.#options.fetch,
+      tenantId: this.#options.tenantId,
+      signal,
+      maxAttempts: this.#options.maxAttempts ?? 3,
+      requestTimeoutMs: this.#options.requestTimeoutMs,
+      onRequest: this.#options.metrics?.recordRequest,
+    });
+
+    const cache = this.tokenCache;
+    let handedOut: string | undefined;
+    const tokens: TokenSource = {
+      kind: "csi-exchange",
+      async getToken() {
+        handedOut = await cache.get(key, spec.podToken.token, async function exchangePodToken(subjectToken) {
+          const issued = await exchangeToken(base, subjectToken, { audience: spec.audience, role: spec.role, signal });
+          log.info("Exchanged service-account token", {
+            namespace: spec.pod.namespace,
+            serviceAccount: spec.pod.serviceAccountName,
+            identity: issued.identityId,
+            expiresAt: issued.expiresAt ? new Date(issued.expiresAt).toISOString() : undefined,
+          });
+          return issued;
+        });
+        return handedOut;
+      },
+      invalidate() {
+        if (handedOut !== undefined) cache.invalidate(key, handedOut);
+      },
+    };
+    return base.withTokens(tokens);
+  }
+
+  #checkSize(spec: MountSpec, size: number): void {
+    const limit = this.#options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+    if (size <= limit) return;
+
+    throw new ResponseTooLargeError(
+      `Cannot mount ${mountLabel(spec)}: the files add up to a response of ${formatBytes(size)}, over the limit of ${formatBytes(limit)}; ` +
+        "split the objects over several SecretProviderClasses or select single fields with field",
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** What was read for a mount: secrets by `path` or `path@version`, and errors by the same key. */
+interface ReadSecrets {
+  secrets: Map<string, Secret>;
+  errors: Map<string, AgentError>;
+}
+
+/**
+ * Reads every object: current versions with batch reads of up to 100 paths, pinned versions one
+ * by one, at most `concurrency` requests at a time. Failures of a whole request throw.
+ */
+async function readObjects(client: ScaiVaultClient, objects: MountObject[], concurrency: number): Promise<ReadSecrets> {
+  const result: ReadSecrets = { secrets: new Map(), errors: new Map() };
+  const current = [...new Set(objects.filter((object) => object.version === undefined).map((object) => object.path))];
+  const pinned = [...new Map(objects.filter((object) => object.version !== undefined).map((object) => [readKey(object), object])).values()];
+  const tasks: Array<() => Promise<void>> = [];
+
+  for (let start = 0; start < current.length; start += MAX_BATCH_PATHS) {
+    const chunk = current.slice(start, start + MAX_BATCH_PATHS);
+    tasks.push(async function readBatch() {
+      // One request at a time inside a task keeps the total at `concurrency` even when the
+      // server has no batch endpoint and the client falls back to single reads.
+      const read = await client.readSecrets(chunk, 1);
+      for (const [path, secret] of read.secrets) result.secrets.set(path, secret);
+      for (const [path, error] of read.errors) result.errors.set(path, error);
+    });
+  }
+
+  for (const object of pinned) {
+    tasks.push(async function readPinned() {
+      try {
+        result.secrets.set(readKey(object), await client.getSecret(object.path, object.version));
+      } catch (error) {
+        if (!(error instanceof AgentError) || !["not_found", "forbidden", "config"].includes(error.code)) throw error;
+        result.errors.set(readKey(object), error);
+      }
+    });
+  }
+
+  await runLimited(tasks, concurrency);
+  return result;
+}
+
+function renderObjects(spec: MountSpec, read: ReadSecrets): { files: File[]; versions: ObjectVersion[]; failures: Array<{ object: MountObject; error: AgentError }> } {
+  const files: File[] = [];
+  const versions: ObjectVersion[] = [];
+  const failures: Array<{ object: MountObject; error: AgentError }> = [];
+
+  for (const object of spec.objects) {
+    const secret = read.secrets.get(readKey(object));
+    if (!secret) {
+      const cause = read.errors.get(readKey(object));
+      const reason = cause?.serverCode ?? cause?.message ?? "missing from the response";
+      const version = object.version === undefined ? "" : ` version ${object.version}`;
+      failures.push({
+        object,
+        error: new AgentError(cause?.code ?? "not_found", `Cannot read secret "${object.path}"${version} for file "${object.file}": ${reason}${hint(cause?.code, spec)}`, {
+          cause,
+          serverCode: cause?.serverCode,
+          requestId: cause?.requestId,
+        }),
+      });
+      continue;
+    }
+
+    try {
+      const contents = renderSecret(secret.data, object);
+      files.push({ path: object.file, mode: object.mode ?? spec.defaultMode, contents });
+      versions.push({ id: object.file, version: object.field === undefined ? String(secret.version) : `${secret.version}#${object.field}` });
+    } catch (error) {
+      if (!(error instanceof RenderError)) throw error;
+      failures.push({ object, error: new AgentError("not_found", `Cannot render secret "${object.path}" into file "${object.file}": ${error.message}`, { cause: error }) });
+    }
+  }
+  return { files, versions, failures };
+}
+
+/** Runs `tasks` with at most `limit` at a time; the first failure rejects after the running ones end. */
+async function runLimited(tasks: Array<() => Promise<void>>, limit: number): Promise<void> {
+  let next = 0;
+  async function worker(): Promise<void> {
+    while (next < tasks.length) await tasks[next++]!();
+  }
+  const results = await Promise.allSettled(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+  const failed = results.find((result): result is PromiseRejectedResult => result.status === "rejected");
+  if (failed) throw failed.reason;
+}
+
+/** Order in which failures decide the error code when objects fail differently. */
+const SEVERITY: ErrorCode[] = ["unreachable", "timeout", "rate_limited", "auth", "forbidden", "not_found", "server", "config"];
+
+function combine(spec: MountSpec, failures: Array<{ error: AgentError }>): AgentError {
+  const codes = failures.map((failure) => failure.error.code);
+  const code = SEVERITY.find((candidate) => codes.includes(candidate)) ?? codes[0]!;
+  const messages = failures.map((failure) => failure.error.message);
+  return new AgentError(code, `Cannot mount ${mountLabel(spec)}: ${messages.join("; ")}`, { cause: failures[0]!.error });
+}
+
+/** Returns `SecretProviderClass "x" for pod "namespace/name"` for messages. */
+function mountLabel(spec: MountSpec): string {
+  const spc = spec.secretProviderClass ? `SecretProviderClass "${spec.secretProviderClass}"` : "the SecretProviderClass";
+  return `${spc} for pod "${spec.pod.namespace}/${spec.pod.name}"`;
+}
+
+function hint(code: ErrorCode | undefined, spec: MountSpec): string {
+  const account = `"${spec.pod.namespace}/${spec.pod.serviceAccountName}"`;
+  if (code === "forbidden") return `; grant the ScaiVault identity of service account ${account} read access`;
+  if (code === "not_found") return "; check the path and version in objects";
+  if (code === "auth") return `; check that ScaiVault trusts the cluster's service-account tokens for audience "${spec.audience}"`;
+  return "";
+}
+
+function readKey(object: MountObject): string {
+  return object.version === undefined ? object.path : `${object.path}@${object.version}`;
+}
+
+function changedIds(current: ObjectVersion[], next: ObjectVersion[]): string[] {
+  if (current.length === 0) return [];
+  const before = new Map(current.map((entry) => [entry.id, entry.version]));
+  return next.filter((entry) => before.get(entry.id) !== entry.version).map((entry) => entry.id);
+}
+
+function podFields(spec: MountSpec): Record<string, string> {
+  return { secretProviderClass: spec.secretProviderClass, namespace: spec.pod.namespace, pod: spec.pod.name, podUid: spec.pod.uid };
+}
+
+function formatBytes(bytes: number): string {
+  return bytes >= 1024 * 1024 ? `${(bytes / (1024 * 1024)).toFixed(1)} MiB` : `${bytes} bytes`;
+}

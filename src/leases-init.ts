@@ -1,0 +1,33 @@
+/**
+ * DYNAMIC for `init`: generate (or adopt) the lease of every line, write its file and record it
+ * in the lease state file, then exit without revoking, so that the pod's sidecar adopts the
+ * leases and keeps them alive. A pod without a sidecar keeps each credential until its lease
+ * expires at its TTL. When a lease cannot be generated, init revokes the leases it holds and fails.
+ */
+import type { ScaiVaultClient } from "./client.ts";
+import type { InitConfig } from "./config.ts";
+import { LeaseManager } from "./leases.ts";
+import { errorFields, getLogger } from "./log.ts";
+
+const log = getLogger("leases");
+
+/** Upper bound of revoking the leases of a failed init. */
+const REVOKE_ON_FAILURE_MS = 10_000;
+
+/**
+ * The `DynamicHook` of `runInit`.
+ *
+ * @returns the files written.
+ * @throws AgentError naming the line whose lease could not be generated or written.
+ */
+export async function initDynamic(config: InitConfig, client: ScaiVaultClient, signal: AbortSignal): Promise<string[]> {
+  const manager = new LeaseManager({ client, mappings: config.dynamic, output: config.output, owner: "init", renew: false });
+
+  try {
+    return await manager.start(signal);
+  } catch (error) {
+    log.error("Cannot deliver every lease: revoking the leases held", errorFields(error));
+    await manager.stop(REVOKE_ON_FAILURE_MS);
+    throw error;
+  }
+}

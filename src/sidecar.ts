@@ -1,0 +1,376 @@
+/**
+ * The sidecar's refresh loop: read every watched secret in batches, detect change by `version`,
+ * rewrite the changed files atomically, then send one reload signal for the whole refresh.
+ *
+ * State is kept in memory per secret path: the last version whose files were all written. After
+ * a restart that state is empty, so the first refresh renders every file and compares it with the
+ * disk. Files that already hold the current content are not rewritten and cause no signal.
+ * Refreshes never overlap: a request made while one runs waits for it, and requests made while
+ * one waits are merged into one.
+ */
+import { existsSync } from "node:fs";
+import type { ScaiVaultClient, ReadResult } from "./client.ts";
+import type { SidecarConfig } from "./config.ts";
+import type { Secret } from "./contract.ts";
+import { resolveTargets, writeTarget, type FileTarget } from "./deliver.ts";
+import { AgentError } from "./errors.ts";
+import type { Readiness } from "./health.ts";
+import { errorFields, getLogger } from "./log.ts";
+import type { Reloader, ReloadResult } from "./reload.ts";
+import { backoffDelay, sleep, withJitter } from "./retry.ts";
+import type { SidecarMetrics } from "./sidecar-metrics.ts";
+
+const log = getLogger("sidecar");
+
+/** Cause of a refresh, used as a metric label. */
+export type RefreshTrigger = "start" | "interval" | "retry" | "event" | "resubscribed";
+
+/** Result of one refresh. */
+export interface RefreshOutcome {
+  /** True when ScaiVault returned a result for every path and every file that had to change was written. */
+  ok: boolean;
+  changedPaths: string[];
+  changedFiles: string[];
+  /** Paths the server could not return (deleted, forbidden) or could not be rendered; their files stay. */
+  unavailable: Array<{ path: string; kind: string }>;
+  /** Result of the reload request, when files changed. */
+  reload?: ReloadResult;
+}
+
+export interface SidecarOptions {
+  config: SidecarConfig;
+  /** Client whose requests end when the sidecar stops. */
+  client: ScaiVaultClient;
+  reloader: Reloader;
+  metrics: SidecarMetrics;
+  /** Aborted at shutdown; failures after it are not reported as errors. */
+  signal?: AbortSignal;
+  /** @default Math.random */
+  random?: () => number;
+}
+
+/** Keeps the files of WATCH_PATHS current; see the module comment. */
+export class Sidecar {
+  /** Sends the reload signal; other modules (dynamic leases) use it to request a reload too. */
+  readonly reloader: Reloader;
+  /** Unique watched secret paths, in the order of WATCH_PATHS. */
+  readonly paths: string[];
+  readonly #options: SidecarOptions;
+  readonly #targets = new Map<string, FileTarget[]>();
+  readonly #state = new Map<string, PathState>();
+  /** Files known to exist because a refresh wrote or confirmed them. */
+  readonly #confirmed = new Set<string>();
+  #ready = false;
+  #lastCompleteAt: number | undefined;
+  #pending: PendingRefresh | undefined;
+  #tail: Promise<unknown> = Promise.resolve();
+
+  /** @throws AgentError `config` when a target is outside the output directories. */
+  constructor(options: SidecarOptions) {
+    this.#options = options;
+    this.reloader = options.reloader;
+
+    for (const target of resolveTargets(options.config.watch, options.config.output, "WATCH_PATHS")) {
+      const list = this.#targets.get(target.mapping.path) ?? [];
+      list.push(target);
+      this.#targets.set(target.mapping.path, list);
+    }
+    this.paths = [...this.#targets.keys()];
+    for (const path of this.paths) this.#state.set(path, {});
+
+    options.metrics.watchedPaths.set({}, this.paths.length);
+    options.metrics.staleness.set({}, NaN);
+    options.metrics.registry.onCollect(() => {
+      if (this.#lastCompleteAt !== undefined) options.metrics.staleness.set({}, (Date.now() - this.#lastCompleteAt) / 1000);
+    });
+  }
+
+  /** True after the first complete sync. */
+  get isReady(): boolean {
+    return this.#ready;
+  }
+
+  /**
+   * Refreshes `paths` (every watched path when undefined) and resolves when the files are
+   * written and the reload was requested. Never rejects: failures are in the outcome.
+   */
+  refresh(paths: string[] | undefined, trigger: RefreshTrigger): Promise<RefreshOutcome> {
+    const pending = this.#pending;
+    if (pending) {
+      if (paths === undefined) pending.paths = undefined;
+      else for (const path of paths) pending.paths?.add(path);
+      return pending.promise;
+    }
+
+    const next: PendingRefresh = {
+      paths: paths === undefined ? undefined : new Set(paths),
+      trigger,
+      promise: Promise.resolve(undefined as never),
+    };
+    next.promise = this.#tail.then(() => {
+      if (this.#pending === next) this.#pending = undefined;
+      const chosen = next.paths === undefined ? this.paths : this.paths.filter((path) => next.paths!.has(path));
+      return this.#refreshSafely(chosen, next.paths === undefined, next.trigger);
+    });
+    this.#pending = next;
+    this.#tail = next.promise;
+    return next.promise;
+  }
+
+  /**
+   * Runs until `signal` aborts: an optional start-up delay, the first sync (retried with backoff
+   * until it succeeds), then one refresh of every path per interval with jitter. A failed refresh
+   * is retried sooner, with backoff, and the files stay as they are meanwhile.
+   */
+  async run(signal: AbortSignal): Promise<void> {
+    const { config } = this.#options;
+    const random = this.#options.random ?? Math.random;
+
+    if (!(await this.#startDelay(signal))) return;
+
+    let failures = 0;
+    let trigger: RefreshTrigger = "start";
+    while (!signal.aborted) {
+      const outcome = await this.refresh(undefined, trigger);
+      if (signal.aborted) return;
+
+      failures = outcome.ok ? 0 : failures + 1;
+      const delayMs = outcome.ok
+        ? withJitter(config.refreshIntervalMs, config.refreshJitter, random)
+        : Math.min(config.refreshIntervalMs, Math.max(500, backoffDelay(failures, { baseMs: 2_000, maxMs: 60_000, random })));
+      if (!outcome.ok) log.warn("Refresh failed, retrying", { attempt: failures, delayMs });
+      trigger = outcome.ok ? "interval" : "retry";
+
+      try {
+        await sleep(delayMs, signal);
+      } catch {
+        return;
+      }
+    }
+  }
+
+  /** Readiness: ready after the first complete sync, with staleness and unavailable secrets. */
+  readiness(): Readiness {
+    const { config } = this.#options;
+    const stalenessMs = this.#lastCompleteAt === undefined ? undefined : Date.now() - this.#lastCompleteAt;
+    const tooStale = config.readyMaxStalenessMs !== undefined && stalenessMs !== undefined && stalenessMs > config.readyMaxStalenessMs;
+    const unavailable = [...this.#state.entries()]
+      .filter(([, state]) => state.unavailable !== undefined)
+      .map(([path, state]) => ({ path, kind: state.unavailable! }));
+
+    return {
+      ready: this.#ready && !tooStale,
+      details: {
+        synced: this.#ready,
+        lastSync: this.#lastCompleteAt === undefined ? null : new Date(this.#lastCompleteAt).toISOString(),
+        stalenessSeconds: stalenessMs === undefined ? null : Math.round(stalenessMs / 1000),
+        // One full refresh per interval is expected; stale means at least one was missed.
+        stale: stalenessMs !== undefined && stalenessMs > 2 * config.refreshIntervalMs,
+        paths: this.paths.length,
+        unavailableCount: unavailable.length,
+        unavailable: unavailable.slice(0, 20),
+      },
+    };
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  async #startDelay(signal: AbortSignal): Promise<boolean> {
+    const { config } = this.#options;
+    const files = [...this.#targets.values()].flat().map((target) => target.file);
+
+    // A fresh pod has no files and must not wait. A restarted sidecar, or one after an init
+    // container, spreads its first read so that many replicas do not read in the same second.
+    if (config.startJitterMs <= 0 || files.length === 0 || !files.every((file) => existsSync(file))) return true;
+
+    const delayMs = Math.floor((this.#options.random ?? Math.random)() * config.startJitterMs);
+    log.info("Files exist already: waiting before the first read to spread start-up", { delayMs, startJitterMs: config.startJitterMs });
+    try {
+      await sleep(delayMs, signal);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async #refreshSafely(paths: string[], all: boolean, trigger: RefreshTrigger): Promise<RefreshOutcome> {
+    try {
+      return await this.#refreshNow(paths, all, trigger);
+    } catch (error) {
+      log.error("Refresh failed unexpectedly", { trigger, ...errorFields(error), stack: (error as Error).stack });
+      this.#options.metrics.errors.inc({ kind: "internal" });
+      this.#options.metrics.refreshes.inc({ trigger, result: "error" });
+      return { ok: false, changedPaths: [], changedFiles: [], unavailable: [] };
+    }
+  }
+
+  async #refreshNow(paths: string[], all: boolean, trigger: RefreshTrigger): Promise<RefreshOutcome> {
+    const { metrics } = this.#options;
+    const started = performance.now();
+    const firstSync = !this.#ready;
+    const outcome: RefreshOutcome = { ok: true, changedPaths: [], changedFiles: [], unavailable: [] };
+
+    let read: ReadResult;
+    try {
+      read = await this.#options.client.readSecrets(paths);
+    } catch (error) {
+      metrics.refreshes.inc({ trigger, result: "error" });
+      if (this.#options.signal?.aborted) return { ...outcome, ok: false };
+
+      metrics.errors.inc({ kind: error instanceof AgentError ? error.code : "internal" });
+      log.warn("Cannot read secrets: keeping the current files", { trigger, paths: paths.length, ...errorFields(error) });
+      return { ...outcome, ok: false };
+    }
+
+    const versions: Record<string, number> = {};
+    for (const path of paths) {
+      const secret = read.secrets.get(path);
+      if (!secret) {
+        outcome.unavailable.push({ path, kind: this.#markUnavailable(path, read.errors.get(path)) });
+        continue;
+      }
+
+      const written = await this.#writePath(path, secret);
+      if (written.writeFailed) outcome.ok = false;
+      if (written.unavailable) outcome.unavailable.push({ path, kind: written.unavailable });
+      if (written.files.length) {
+        outcome.changedPaths.push(path);
+        outcome.changedFiles.push(...written.files);
+        versions[path] = secret.version;
+      }
+    }
+
+    if (all) {
+      this.#lastCompleteAt = Date.now();
+      this.#markReadyOnce(started);
+    }
+
+    if (outcome.changedFiles.length) {
+      const reason = `${outcome.changedPaths.length} secret(s) changed`;
+      // Before the first sync the application may not have started yet (a native sidecar starts first).
+      outcome.reload = await this.reloader.signal(reason, { missingExpected: firstSync });
+      log.info("Refreshed: files changed", {
+        trigger,
+        changed: outcome.changedPaths.length,
+        files: outcome.changedFiles.slice(0, 100),
+        versions: Object.fromEntries(Object.entries(versions).slice(0, 100)),
+        reload: outcome.reload,
+        durationMs: Math.round(performance.now() - started),
+      });
+    } else {
+      log.debug("Refreshed: no change", { trigger, paths: paths.length, durationMs: Math.round(performance.now() - started) });
+    }
+
+    metrics.refreshes.inc({ trigger, result: outcome.ok ? "ok" : "error" });
+    return outcome;
+  }
+
+  /**
+   * Writes every file of `path` unless its version is already written. A version whose content
+   * cannot be rendered (a selected field is missing) is reported once and not tried again.
+   */
+  async #writePath(path: string, secret: Secret): Promise<{ files: string[]; writeFailed: boolean; unavailable?: string }> {
+    const { metrics, config } = this.#options;
+    const state = this.#state.get(path)!;
+    const result: { files: string[]; writeFailed: boolean; unavailable?: string } = { files: [], writeFailed: false };
+
+    if (state.renderFailedVersion === secret.version) return { ...result, unavailable: "render" };
+
+    // NOTE: change is detected by version only. A file altered on disk by someone else stays so
+    // until its secret's next version or a sidecar restart.
+    if (state.version !== secret.version) {
+      for (const target of this.#targets.get(path)!) {
+        try {
+          const write = await writeTarget(target, secret.data, path, config.output);
+          this.#confirmed.add(target.file);
+          if (write.changed) result.files.push(target.file);
+        } catch (error) {
+          // A missing field is a problem of the secret, not of the disk: keep the file and report it.
+          let kind = "write";
+          if (error instanceof AgentError) kind = error.code === "not_found" ? "render" : error.code;
+          if (kind === "render") result.unavailable = kind;
+          else result.writeFailed = true;
+          metrics.errors.inc({ kind });
+          log.error("Cannot update file: keeping the last one", { path, file: target.file, version: secret.version, ...errorFields(error) });
+        }
+      }
+
+      if (result.unavailable) {
+        state.renderFailedVersion = secret.version;
+        state.unavailable = result.unavailable;
+        metrics.secretUnavailable.set({ path }, 1);
+      }
+      if (result.writeFailed || result.unavailable) return result;
+
+      state.version = secret.version;
+      metrics.secretVersion.set({ path }, secret.version);
+      if (result.files.length) metrics.changes.inc({ path });
+    }
+
+    if (state.unavailable !== undefined) {
+      log.info("Secret is current again", { path, version: secret.version, was: state.unavailable });
+      state.unavailable = undefined;
+      metrics.secretUnavailable.remove({ path });
+    }
+
+    const now = Date.now();
+    state.lastSuccessAt = now;
+    metrics.lastSuccess.set({ path }, now / 1000);
+    return result;
+  }
+
+  /** Records that `path` could not be read; returns the kind. The last file stays. */
+  #markUnavailable(path: string, error: AgentError | undefined): string {
+    const { metrics } = this.#options;
+    const state = this.#state.get(path)!;
+    const kind = error?.serverCode === "secret_not_found" ? "deleted" : (error?.code ?? "not_found");
+
+    if (state.unavailable !== kind) {
+      const files = this.#targets.get(path)!.map((target) => target.file);
+      const message = kind === "deleted" ? "Secret not found in ScaiVault (deleted?): keeping its last file" : "Cannot read secret: keeping its last file";
+      log.warn(message, { path, files, ...(error ? errorFields(error) : {}) });
+    }
+
+    state.unavailable = kind;
+    state.renderFailedVersion = undefined;
+    // Forget the version: a secret created again starts at version 1, which may equal the old one.
+    state.version = undefined;
+    metrics.secretUnavailable.set({ path }, 1);
+    metrics.errors.inc({ kind: error?.code ?? "not_found" });
+    return kind;
+  }
+
+  #markReadyOnce(started: number): void {
+    if (this.#ready) return;
+
+    const files = [...this.#targets.values()].flat().map((target) => target.file);
+    const missing = files.filter((file) => !this.#confirmed.has(file) && !existsSync(file));
+    if (missing.length) {
+      log.warn("Not ready: some files were never written", { missing: missing.slice(0, 20), count: missing.length });
+      return;
+    }
+
+    this.#ready = true;
+    this.#options.metrics.ready.set({}, 1);
+    log.info("First sync complete: ready", { paths: this.paths.length, files: files.length, durationMs: Math.round(performance.now() - started) });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface PathState {
+  /** Last version whose files were all written; undefined before the first read and while unavailable. */
+  version?: number;
+  lastSuccessAt?: number;
+  /** Reason the last read gave no usable secret (`deleted`, `forbidden`, `render`, ...), or undefined. */
+  unavailable?: string;
+  /** Version whose content could not be rendered into its files. */
+  renderFailedVersion?: number;
+}
+
+interface PendingRefresh {
+  /** undefined: every watched path. */
+  paths: Set<string> | undefined;
+  trigger: RefreshTrigger;
+  promise: Promise<RefreshOutcome>;
+}

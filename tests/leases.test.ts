@@ -1,0 +1,374 @@
+/**
+ * LeaseManager in process against the real dev server (static plugin) on 127.0.0.1, with real
+ * files in a temporary output directory. Leases last a few seconds so that renewals, maximum
+ * lifetimes and expiries happen within a test.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { staticTokenSource } from "../src/auth.ts";
+import { ScaiVaultClient } from "../src/client.ts";
+import type { OutputConfig } from "../src/config.ts";
+import { dynamicStore } from "../src/dev/dynamic.ts";
+import { startDevServer, type DevServer } from "../src/dev/server.ts";
+import { AgentError } from "../src/errors.ts";
+import { createLeaseMetrics } from "../src/lease-metrics.ts";
+import { LEASE_STATE_FILE, LeaseStore } from "../src/lease-store.ts";
+import { atMaxLifetime, isShortGrant, nextActionAt, safetyMarginMs } from "../src/lease-timing.ts";
+import { LeaseManager, type LeaseManagerOptions } from "../src/leases.ts";
+import { configureLogging } from "../src/log.ts";
+import { parseDynamicMappings } from "../src/mapping.ts";
+
+const logs: string[] = [];
+const secrets: string[] = [];
+const managers: LeaseManager[] = [];
+let server: DevServer;
+let scratch: string;
+let caseNumber = 0;
+
+beforeAll(async () => {
+  configureLogging({ level: "debug", format: "json", write: (line) => logs.push(line) });
+  server = await startDevServer({
+    port: 0,
+    rateLimits: false,
+    config: {
+      engines: {
+        db: {
+          plugin: "static",
+          max_ttl: "1h",
+          data: { host: "db.example", port: 5432 },
+          roles: {
+            reader: { default_ttl: "3s" },
+            capped: { default_ttl: "2s", max_ttl: "4s" },
+            writer: { default_ttl: "1h" },
+          },
+        },
+      },
+    },
+  });
+  secrets.push(server.rootToken);
+  scratch = mkdtempSync(join(tmpdir(), "leases-"));
+});
+
+afterEach(async () => {
+  await Promise.all(managers.splice(0).map((manager) => manager.stop(5000)));
+});
+
+afterAll(async () => {
+  await server?.stop();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+function outputDir(): { dir: string; output: OutputConfig } {
+  const dir = join(scratch, `case-${++caseNumber}`);
+  return { dir, output: { layout: { dirs: [dir], prefix: "" }, fileMode: 0o640 } };
+}
+
+function client(): ScaiVaultClient {
+  return new ScaiVaultClient({ baseUrl: server.url, tokens: staticTokenSource(server.rootToken), maxAttempts: 2, backoff: { baseMs: 50, maxMs: 200 } });
+}
+
+function manager(lines: string, output: OutputConfig, extra: Partial<LeaseManagerOptions> = {}): LeaseManager {
+  const created = new LeaseManager({
+    client: client(),
+    mappings: parseDynamicMappings(lines),
+    output,
+    owner: "sidecar",
+    revokeGraceMs: 200,
+    ...extra,
+  });
+  managers.push(created);
+  return created;
+}
+
+function activeLeases(): string[] {
+  return dynamicStore(server.state).list().map((lease) => lease.leaseId);
+}
+
+function readCredential(file: string): Record<string, unknown> {
+  const data = JSON.parse(readFileSync(file, "utf8"));
+  secrets.push(String(data.password));
+  return data;
+}
+
+describe("lease timing", () => {
+  test("nextActionAt stays within 2/3 plus or minus 5 percent", () => {
+    const grant = { grantedAt: 1000, durationMs: 60_000 };
+    expect(nextActionAt(grant, () => 0)).toBeCloseTo(1000 + 60_000 * (2 / 3 - 0.05));
+    expect(nextActionAt(grant, () => 0.5)).toBeCloseTo(1000 + 40_000);
+    expect(nextActionAt(grant, () => 0.999999)).toBeLessThan(1000 + 60_000 * (2 / 3 + 0.05));
+  });
+
+  test("isShortGrant allows whole-second rounding", () => {
+    expect(isShortGrant(7199_000, 7200_000)).toBe(false);
+    expect(isShortGrant(3600_000, 7200_000)).toBe(true);
+    expect(isShortGrant(2000, 2000)).toBe(false);
+    expect(isShortGrant(1000, 2000)).toBe(true);
+  });
+
+  test("atMaxLifetime at the maximum expiry or when not renewable", () => {
+    expect(atMaxLifetime({ grantedAt: 0, durationMs: 1, expiresAt: 10_000, maxExpiresAt: 10_500, renewable: true })).toBe(true);
+    expect(atMaxLifetime({ grantedAt: 0, durationMs: 1, expiresAt: 10_000, maxExpiresAt: 20_000, renewable: true })).toBe(false);
+    expect(atMaxLifetime({ grantedAt: 0, durationMs: 1, expiresAt: 10_000, renewable: false })).toBe(true);
+  });
+
+  test("safetyMarginMs is 15 percent up to five minutes", () => {
+    expect(safetyMarginMs(6000)).toBe(900);
+    expect(safetyMarginMs(2 * 3_600_000)).toBe(300_000);
+  });
+});
+
+describe("LeaseManager", () => {
+  test("start generates a lease, writes its file and records it without the password", async () => {
+    const { dir, output } = outputDir();
+    const leases = manager("engine=db role=writer -> creds/db.json", output);
+
+    const written = await leases.start();
+    expect(written).toEqual([join(dir, "creds/db.json")]);
+    expect(leases.ready).toBe(true);
+
+    const credential = readCredential(join(dir, "creds/db.json"));
+    expect(credential.username).toStartWith("v_writer_");
+    expect(statSync(join(dir, "creds/db.json")).mode & 0o777).toBe(0o640);
+
+    const stateFile = join(dir, LEASE_STATE_FILE);
+    expect(statSync(stateFile).mode & 0o777).toBe(0o600);
+    const state = readFileSync(stateFile, "utf8");
+    expect(state).not.toContain(String(credential.password));
+    const recorded = JSON.parse(state).leases;
+    expect(recorded).toHaveLength(1);
+    expect(recorded[0]).toMatchObject({ engine: "db", role: "writer", file: join(dir, "creds/db.json"), state: "active", generatedBy: "sidecar" });
+    expect(activeLeases()).toContain(recorded[0].leaseId);
+  });
+
+  test("renewal keeps the credential, the file and sends no reload", async () => {
+    const { dir, output } = outputDir();
+    const changes: string[][] = [];
+    const leases = manager("engine=db role=reader ttl=3s -> db.json", output, { onCredentialsChanged: (files) => void changes.push(files) });
+    await leases.start();
+    const file = join(dir, "db.json");
+    const before = statSync(file);
+    const content = readFileSync(file, "utf8");
+    const leaseId = leases.leases()[0]!.leaseId;
+
+    await Bun.sleep(4500);
+
+    expect(leases.metrics.renewals.get()).toBeGreaterThanOrEqual(2);
+    expect(leases.leases()[0]!.leaseId).toBe(leaseId);
+    expect(activeLeases()).toContain(leaseId);
+    expect(readFileSync(file, "utf8")).toBe(content);
+    expect(statSync(file).mtimeMs).toBe(before.mtimeMs);
+    expect(statSync(file).ino).toBe(before.ino);
+    expect(changes).toEqual([]);
+  }, 20_000);
+
+  test("reaching max_ttl replaces the lease, signals once and revokes the old one", async () => {
+    const { dir, output } = outputDir();
+    const changes: string[][] = [];
+    const leases = manager("engine=db role=capped -> db.json", output, { onCredentialsChanged: (files) => void changes.push(files) });
+    await leases.start();
+    const file = join(dir, "db.json");
+    const first = readCredential(file);
+    const firstLease = leases.leases()[0]!.leaseId;
+
+    // Max 4 s: renewals at about 1.3 s and 2.7 s, the second one capped, the replacement at about 3.5 s.
+    const deadline = Date.now() + 8000;
+    while (changes.length === 0 && Date.now() < deadline) await Bun.sleep(100);
+    await Bun.sleep(400);
+
+    expect(changes).toEqual([[file]]);
+    const second = readCredential(file);
+    expect(second.username).not.toBe(first.username);
+    expect(leases.leases().map((lease) => lease.leaseId)).not.toContain(firstLease);
+    expect(activeLeases()).not.toContain(firstLease);
+    expect(leases.metrics.replacements.get({ reason: "max_ttl" })).toBe(1);
+    expect(leases.metrics.revocations.get({ result: "revoked" })).toBe(1);
+  }, 20_000);
+
+  test("renewal failures are retried and recovered before expiry", async () => {
+    const { output } = outputDir();
+    const leases = manager("engine=db role=reader ttl=9s -> db.json", output);
+    await leases.start();
+    const first = leases.leases()[0]!;
+
+    // The lease routes fail for a while: 4 requests, at 2 attempts per renewal call.
+    server.state.faults.add({ pathPrefix: "/v1/dynamic/leases", status: 503, code: "service_unavailable", count: 4, delayMs: 0 });
+    const deadline = Date.now() + 12_000;
+    while (leases.metrics.renewals.get() + leases.metrics.replacements.get({ reason: "renew_failed" }) === 0 && Date.now() < deadline) {
+      expect(leases.ready).toBe(true);
+      await Bun.sleep(100);
+    }
+    server.state.faults.clear();
+
+    expect(leases.metrics.failures.get({ operation: "renew" })).toBeGreaterThanOrEqual(1);
+    expect(logs.some((line) => line.includes("Cannot renew lease") && line.includes(first.leaseId))).toBe(true);
+    expect(leases.metrics.renewals.get() + leases.metrics.replacements.get({ reason: "renew_failed" })).toBeGreaterThanOrEqual(1);
+    expect(leases.ready).toBe(true);
+    expect(first.expiresAt).toBeGreaterThan(Date.now() - 1000);
+    expect(activeLeases()).toContain(leases.leases()[0]!.leaseId);
+  }, 20_000);
+
+  test("lost lease is replaced at the next renewal", async () => {
+    const { dir, output } = outputDir();
+    const changes: string[][] = [];
+    const leases = manager("engine=db role=reader ttl=3s -> db.json", output, { onCredentialsChanged: (files) => void changes.push(files) });
+    await leases.start();
+    const leaseId = leases.leases()[0]!.leaseId;
+    await dynamicStore(server.state).revoke(leaseId, { id: "root", type: "root", tokenExpiresAt: null });
+
+    await Bun.sleep(2600);
+    expect(leases.metrics.replacements.get({ reason: "lost" })).toBe(1);
+    expect(changes).toEqual([[join(dir, "db.json")]]);
+    expect(activeLeases()).toContain(leases.leases()[0]!.leaseId);
+  }, 20_000);
+
+  test("stop revokes every lease and empties the state file", async () => {
+    const { dir, output } = outputDir();
+    const leases = manager("engine=db role=writer -> a.json\nengine=db role=reader -> b.json", output);
+    await leases.start();
+    const ids = leases.leases().map((lease) => lease.leaseId);
+    expect(ids).toHaveLength(2);
+
+    const summary = await leases.stop();
+    expect(summary.revoked.sort()).toEqual([...ids].sort());
+    expect(summary.failed).toEqual([]);
+    for (const id of ids) expect(activeLeases()).not.toContain(id);
+    expect(JSON.parse(readFileSync(join(dir, LEASE_STATE_FILE), "utf8")).leases).toEqual([]);
+  });
+
+  test("stop counts a lease the server no longer knows as revoked", async () => {
+    const { output } = outputDir();
+    const leases = manager("engine=db role=writer -> a.json", output);
+    await leases.start();
+    const leaseId = leases.leases()[0]!.leaseId;
+    await dynamicStore(server.state).revoke(leaseId, { id: "root", type: "root", tokenExpiresAt: null });
+
+    const summary = await leases.stop();
+    expect(summary).toEqual({ revoked: [leaseId], failed: [] });
+    expect(leases.metrics.revocations.get({ result: "gone" })).toBe(1);
+  });
+
+  test("restart adopts recorded leases and generates none", async () => {
+    const { dir, output } = outputDir();
+    const first = manager("engine=db role=writer -> a.json", output);
+    await first.start();
+    const leaseId = first.leases()[0]!.leaseId;
+    const content = readFileSync(join(dir, "a.json"), "utf8");
+
+    const generatesBefore = server.state.stats.count("POST /v1/dynamic/engines/{engine}/creds/{role}");
+    const second = manager("engine=db role=writer -> a.json", output);
+    expect(await second.start()).toEqual([]);
+
+    expect(second.leases()[0]!.leaseId).toBe(leaseId);
+    expect(server.state.stats.count("POST /v1/dynamic/engines/{engine}/creds/{role}")).toBe(generatesBefore);
+    expect(readFileSync(join(dir, "a.json"), "utf8")).toBe(content);
+  });
+
+  test("restart replaces a recorded lease whose file changed and revokes it", async () => {
+    const { dir, output } = outputDir();
+    const first = manager("engine=db role=writer -> a.json", output);
+    await first.start();
+    const leaseId = first.leases()[0]!.leaseId;
+    writeFileSync(join(dir, "a.json"), "{}\n");
+
+    const second = manager("engine=db role=writer -> a.json", output);
+    expect(await second.start()).toEqual([join(dir, "a.json")]);
+    expect(second.leases()[0]!.leaseId).not.toBe(leaseId);
+
+    await Bun.sleep(300);
+    expect(activeLeases()).not.toContain(leaseId);
+    expect(second.leases().map((lease) => lease.leaseId)).not.toContain(leaseId);
+  });
+
+  test("restart revokes recorded leases of removed lines", async () => {
+    const { output } = outputDir();
+    const first = manager("engine=db role=writer -> a.json\nengine=db role=reader -> b.json", output);
+    await first.start();
+    const readerLease = first.leases().find((lease) => lease.role === "reader")!.leaseId;
+
+    const second = manager("engine=db role=writer -> a.json", output);
+    await second.start();
+    await Bun.sleep(300);
+    expect(activeLeases()).not.toContain(readerLease);
+    expect(second.leases().map((lease) => lease.leaseId)).not.toContain(readerLease);
+  });
+
+  test("init mode adopts nothing twice and leaves the lease for the sidecar", async () => {
+    const { output } = outputDir();
+    const init = manager("engine=db role=writer -> a.json", output, { owner: "init", renew: false });
+    await init.start();
+    const leaseId = init.leases()[0]!.leaseId;
+    managers.splice(managers.indexOf(init), 1);
+
+    const sidecar = manager("engine=db role=writer -> a.json", output);
+    expect(await sidecar.start()).toEqual([]);
+    expect(sidecar.leases()[0]).toMatchObject({ leaseId, generatedBy: "init" });
+  });
+
+  test("unknown role fails start with the line", async () => {
+    const { output } = outputDir();
+    const leases = manager("engine=db role=nope -> a.json", output);
+    let error: unknown;
+    try {
+      await leases.start();
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(AgentError);
+    expect((error as AgentError).code).toBe("config");
+    expect((error as AgentError).message).toContain("DYNAMIC line 1 (engine=db role=nope -> a.json)");
+  });
+
+  test("unreachable server at start is retried in the background", async () => {
+    const { dir, output } = outputDir();
+    const changes: string[][] = [];
+    server.state.faults.add({ pathPrefix: "/v1/dynamic/engines", status: 503, code: "service_unavailable", count: 2, delayMs: 0 });
+    const leases = manager("engine=db role=writer -> a.json", output, { onCredentialsChanged: (files) => void changes.push(files) });
+
+    expect(await leases.start()).toEqual([]);
+    expect(leases.ready).toBe(false);
+    const deadline = Date.now() + 5000;
+    while (!leases.ready && Date.now() < deadline) await Bun.sleep(50);
+    expect(leases.ready).toBe(true);
+    expect(changes).toEqual([[join(dir, "a.json")]]);
+    expect(leases.metrics.generated.get({ reason: "retry" })).toBe(1);
+  }, 20_000);
+
+  test("init mode fails at once when the server is unreachable", async () => {
+    const { output } = outputDir();
+    server.state.faults.add({ pathPrefix: "/v1/dynamic/engines", status: 503, code: "service_unavailable", count: 2, delayMs: 0 });
+    const leases = manager("engine=db role=writer -> a.json", output, { owner: "init", renew: false });
+    await expect(leases.start()).rejects.toThrow(/Cannot generate lease of DYNAMIC line 1/);
+  });
+
+  test("metrics show leases held and seconds to expiry", async () => {
+    const { dir, output } = outputDir();
+    const metrics = createLeaseMetrics();
+    const leases = manager("engine=db role=writer -> a.json", output, { metrics });
+    await leases.start();
+
+    const text = metrics.registry.render();
+    expect(text).toContain("scaivault_leases_held 1");
+    expect(text).toMatch(new RegExp(`scaivault_lease_expiry_seconds\\{file="${join(dir, "a.json")}"\\} 3[0-9]{3}`));
+    expect(text).toContain('scaivault_lease_generated_total{reason="start"} 1');
+  });
+
+  test("state file survives a corrupt predecessor", async () => {
+    const { dir, output } = outputDir();
+    const store = new LeaseStore(output);
+    await manager("engine=db role=writer -> a.json", output).start();
+    writeFileSync(store.path, "not json");
+    expect(await store.load()).toEqual([]);
+    expect(logs.some((line) => line.includes("Lease state file is not valid JSON"))).toBe(true);
+    expect(dir).toBeTruthy();
+  });
+});
+
+describe("lease logs", () => {
+  test("logs and metrics hold no password or token", () => {
+    const text = logs.join("\n");
+    expect(text).toContain("Generated lease");
+    for (const secret of secrets) expect(text).not.toContain(secret);
+  });
+});
