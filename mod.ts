@@ -12,6 +12,8 @@ export { loadInitConfig, loadConnection, loadOutput } from "./src/config.ts";
 export { VERSION } from "./src/version.ts";
 
 if (import.meta.main) {
+  // citty colours help and errors unless NO_COLOR is set; piped output gets plain text.
+  if (!process.stdout.isTTY && process.env.NO_COLOR === undefined) process.env.NO_COLOR = "1";
   const { runCli } = await import("./src/cli.ts");
   await runCli(process.argv.slice(2));
 }

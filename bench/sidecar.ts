@@ -4,7 +4,9 @@
  * 1. rotation latency from a PUT to the reload signal arriving at tests/fixtures/reload-app.ts,
  *    through events and through polling;
  * 2. CPU (from /proc/<pid>/stat) and resident memory (/proc/<pid>/status) of a sidecar watching
- *    10 and then 1000 paths, and the requests it sends per minute (the dev server's counts).
+ *    10 and then 1000 paths, and the requests it sends per minute (the dev server's counts);
+ * 3. for comparison, the resident memory of two tiny compiled Bun programs (BENCH_ONLY=floor runs
+ *    only this part).
  *
  * Run `bun run build` first, then `bun bench/sidecar.ts [idle seconds] [event rotations] [poll rotations]`
  * (defaults 180, 200, 20). The binary is copied first, so a rebuild during the run changes nothing.
@@ -24,6 +26,16 @@ const IDLE_INTERVAL = "60s";
 const ROOT_TOKEN = "svt_bench_root_token_0123456789";
 const CLOCK_TICKS = 100;
 
+/** Programs that show the resident memory of the Bun runtime itself, without the agent. */
+const FLOOR_PROGRAMS: Record<string, string> = {
+  "`setInterval` only": "setInterval(() => {}, 1000);\n",
+  "serves one HTTP request to itself, then idles": [
+    'const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("ok") });',
+    "await fetch(`http://127.0.0.1:${server.port}/`).then((response) => response.text());",
+    "setInterval(() => {}, 1000);",
+  ].join("\n"),
+};
+
 if (!existsSync(SOURCE_BINARY)) throw new Error(`${SOURCE_BINARY} is missing: run \`bun run build\` first`);
 
 const work = mkdtempSync(join(existsSync("/dev/shm") ? "/dev/shm" : tmpdir(), "bench-sidecar-"));
@@ -42,6 +54,20 @@ try {
   console.log(`machine: ${await sh("nproc")} cores; ${(await sh("free -h")).split("\n")[1]}`);
   console.log(`binary: ${(statSync(binary).size / 1024 / 1024).toFixed(1)} MiB\n`);
 
+  console.log("| floor program (compiled with Bun) | RSS MiB |\n|---|---|");
+  for (const [label, source] of Object.entries(FLOOR_PROGRAMS)) console.log(`| ${label} | ${(await floorRss(source)).toFixed(1)} |`);
+  console.log();
+  if (process.env.BENCH_ONLY !== "floor") await measureSidecar();
+} finally {
+  for (const child of children) child.kill("SIGKILL");
+  dev.process.kill("SIGTERM");
+  rmSync(work, { recursive: true, force: true });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** Measures rotation latency and idle cost, printing two tables. */
+async function measureSidecar(): Promise<void> {
   const events = await measureLatency("events", EVENT_ROTATIONS, { REFRESH_INTERVAL: "5m" });
   const polling = await measureLatency("polling", POLL_ROTATIONS, { REFRESH_INTERVAL: `${POLL_INTERVAL_MS}ms`, EVENTS: "false" });
   console.log("| path | rotations | median ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|");
@@ -59,13 +85,21 @@ try {
     );
     console.log(`|   | requests by route per minute: ${JSON.stringify(result.byRoute)} |`);
   }
-} finally {
-  for (const child of children) child.kill("SIGKILL");
-  dev.process.kill("SIGTERM");
-  rmSync(work, { recursive: true, force: true });
 }
 
-// ---------------------------------------------------------------------------------------------
+/** Compiles `source`, runs it for 5 seconds and returns its VmRSS in MiB. */
+async function floorRss(source: string): Promise<number> {
+  const file = join(work, `floor-${Math.random().toString(36).slice(2)}`);
+  writeFileSync(`${file}.ts`, source);
+  await new Promise((done) => spawn(process.execPath, ["build", `${file}.ts`, "--compile", "--outfile", file], { stdio: "ignore" }).on("close", done));
+
+  const child = spawn(file, [], { stdio: "ignore" });
+  children.push(child);
+  await sleep(5_000);
+  const rss = status(child.pid!).VmRSS ?? 0;
+  child.kill("SIGKILL");
+  return rss / 1024;
+}
 
 /** Rotates the latency secrets one at a time and returns the PUT-to-signal delays in milliseconds. */
 async function measureLatency(label: string, rotations: number, env: Record<string, string>): Promise<number[]> {

@@ -2,7 +2,7 @@
  * The command tree. Each command loads its module only when it runs, so that `init` and
  * `--version` start without parsing the code of the long-running commands.
  */
-import { defineCommand, runMain, type CommandDef } from "citty";
+import { defineCommand, runCommand, runMain, showUsage, type CommandDef } from "citty";
 import { VERSION } from "./version.ts";
 
 const load = (loader: () => Promise<{ default: CommandDef<any> }>) => () => loader().then((module) => module.default);
@@ -23,7 +23,26 @@ export const main = defineCommand({
   },
 });
 
-/** Runs the CLI with `argv` (without the runtime and script). */
+/**
+ * Runs the CLI with `argv` (without the runtime and script). Help and `--version` go through
+ * citty's `runMain`; a usage error (unknown command, missing argument) exits 2, the exit code of
+ * invalid configuration, not citty's 1, which the agent keeps for internal errors.
+ */
 export async function runCli(argv: string[]): Promise<void> {
-  await runMain(main, { rawArgs: argv });
+  if (argv.includes("--help") || argv.includes("-h") || (argv.length === 1 && argv[0] === "--version")) {
+    await runMain(main, { rawArgs: argv });
+    return;
+  }
+
+  if (argv.length === 0) {
+    await showUsage(main);
+    process.exit(2);
+  }
+
+  try {
+    await runCommand(main, { rawArgs: argv });
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\nRun "scaivault-agent --help" or "scaivault-agent COMMAND --help" for usage.\n`);
+    process.exit(2);
+  }
 }

@@ -81,6 +81,8 @@ export interface ReadResult {
 
 /** Largest batch the contract allows. */
 export const MAX_BATCH_PATHS = 100;
+/** Longest `Retry-After` the agent honours; a longer one fails the call at once. */
+export const MAX_RETRY_AFTER_MS = 5 * 60_000;
 /** Batch requests in flight at once for one `readSecrets` call. */
 const BATCH_CONCURRENCY = 4;
 
@@ -99,6 +101,13 @@ export class ScaiVaultClient {
     }
     if (url.protocol !== "https:" && url.protocol !== "http:") {
       throw new AgentError("config", `Invalid SCAIVAULT_URL "${options.baseUrl}": use http:// or https://`);
+    }
+    if (url.username !== "" || url.password !== "") {
+      // Not echoed: the URL holds a credential. ScaiVault authenticates with bearer tokens only.
+      throw new AgentError("config", "Invalid SCAIVAULT_URL: it contains a user name or password; remove them and use a token source");
+    }
+    if (url.search !== "" || url.hash !== "") {
+      throw new AgentError("config", `Invalid SCAIVAULT_URL "${url.origin}${url.pathname}...": remove the query and fragment`);
     }
 
     this.baseUrl = url.href.replace(/\/+$/, "");
@@ -162,6 +171,14 @@ export class ScaiVaultClient {
         waitMs = decision === "retry-after" && error.retryAfterMs !== undefined
           ? error.retryAfterMs
           : backoffDelay(attempt, this.#options.backoff);
+        if (waitMs > MAX_RETRY_AFTER_MS) {
+          throw new AgentError(error.code, `${error.message}: ScaiVault asked to wait ${Math.round(waitMs / 1000)} s, more than the ${MAX_RETRY_AFTER_MS / 1000} s the agent waits`, {
+            cause: error,
+            serverCode: error.serverCode,
+            requestId: error.requestId,
+            status: error.status,
+          });
+        }
       }
 
       if (attempt === maxAttempts) break;
@@ -205,13 +222,24 @@ export class ScaiVaultClient {
     for (let start = 0; start < unique.length; start += MAX_BATCH_PATHS) chunks.push(unique.slice(start, start + MAX_BATCH_PATHS));
 
     // A few batches at a time: fast for 1000 paths, and still gentle on the batch bucket.
+    const failures: AgentError[] = [];
     const readChunk = async (chunk: string[]): Promise<void> => {
-      if (this.#batchSupported && (await this.#readBatch(chunk, result))) return;
-      await this.#readSingles(chunk, result, concurrency);
+      try {
+        if (this.#batchSupported && (await this.#readBatch(chunk, result))) return;
+        await this.#readSingles(chunk, result, concurrency);
+      } catch (error) {
+        // A failed call fails only its own paths, so that the other chunks' secrets stay usable.
+        if (!(error instanceof AgentError)) throw error;
+        failures.push(error);
+        for (const path of chunk) result.errors.set(path, error);
+      }
     };
     for (let start = 0; start < chunks.length; start += BATCH_CONCURRENCY) {
       await Promise.all(chunks.slice(start, start + BATCH_CONCURRENCY).map(readChunk));
     }
+
+    if (failures.length === chunks.length && failures[0]) throw failures[0];
+    await this.#rereadThrottled(result);
     return result;
   }
 
@@ -268,6 +296,29 @@ export class ScaiVaultClient {
     return true;
   }
 
+  /**
+   * Reads again the paths that a batch answered with `rate_limited` or `service_unavailable`: each
+   * returned secret costs one read unit, so a large batch can exhaust the read bucket half-way.
+   * A batch carries no `Retry-After` per path, so the waits back off from one second.
+   */
+  async #rereadThrottled(result: ReadResult): Promise<void> {
+    const maxAttempts = this.#options.maxAttempts ?? 6;
+
+    for (let attempt = 1; attempt < maxAttempts; attempt++) {
+      const throttled = [...result.errors].filter(([, error]) => isThrottled(error)).map(([path]) => path);
+      if (throttled.length === 0 || !this.#batchSupported) return;
+
+      const delayMs = 1000 + backoffDelay(attempt, { ...this.#options.backoff, baseMs: 1000, maxMs: 30_000 });
+      log.warn("ScaiVault throttled some secrets of a batch, reading them again", { paths: throttled.length, attempt, delayMs });
+      await this.#wait(delayMs, { route: "secrets.batch" }, result.errors.get(throttled[0]!)!);
+
+      for (const path of throttled) result.errors.delete(path);
+      for (let start = 0; start < throttled.length; start += MAX_BATCH_PATHS) {
+        await this.#readBatch(throttled.slice(start, start + MAX_BATCH_PATHS), result);
+      }
+    }
+  }
+
   async #readSingles(paths: string[], result: ReadResult, concurrency: number): Promise<void> {
     const queue = [...paths];
 
@@ -276,6 +327,12 @@ export class ScaiVaultClient {
         try {
           result.secrets.set(path, await this.getSecret(path));
         } catch (error) {
+          if (error instanceof AgentError && error.status === 404 && isMissingEndpoint(error)) {
+            throw new AgentError("config", `SCAIVAULT_URL ${this.baseUrl} does not serve the ScaiVault API: 404 for GET /v1/secrets/...; check the URL`, {
+              cause: error,
+              requestId: error.requestId,
+            });
+          }
           if (!(error instanceof AgentError) || !isPerSecretError(error)) throw error;
           result.errors.set(path, error);
         }
@@ -317,7 +374,13 @@ export class ScaiVaultClient {
       throw this.#networkError(error, method, options, requestId, timeout);
     }
 
-    const text = await response.text().catch(() => "");
+    let text: string;
+    try {
+      text = await response.text();
+    } catch (error) {
+      // The body stalled or the connection dropped half-way: a network failure, not a bad response.
+      throw this.#networkError(error, method, options, requestId, timeout);
+    }
     const serverRequestId = response.headers.get("x-request-id") ?? requestId;
     this.#options.onRequest?.({ method, route: options.route, status: response.status, durationMs: performance.now() - started });
 
@@ -481,6 +544,10 @@ function networkReason(error: unknown): string {
 function isMissingEndpoint(error: AgentError): boolean {
   if (error.status === 405 || error.status === 501) return true;
   return error.status === 404 && (error.serverCode === undefined || error.serverCode === "not_found");
+}
+
+function isThrottled(error: AgentError): boolean {
+  return error.serverCode === "rate_limited" || error.serverCode === "service_unavailable";
 }
 
 function isPerSecretError(error: AgentError): boolean {

@@ -92,7 +92,8 @@ export function loadInitConfig(args: Args, env: Env): InitConfig {
   const timeoutMs = attempt(() => positiveDuration(raw.timeout!, "INIT_TIMEOUT"));
   const failOpen = attempt(() => parseBoolean(raw.failOpen!, "FAIL_OPEN"));
 
-  if (secrets.length === 0 && dynamic.length === 0 && raw.secrets !== undefined) {
+  const linesParsed = problems.every((problem) => !problem.startsWith("Invalid SECRETS") && !problem.startsWith("Invalid DYNAMIC"));
+  if (linesParsed && secrets.length === 0 && dynamic.length === 0 && raw.secrets !== undefined) {
     problems.push("SECRETS has no lines: write one `path -> file` per line");
   } else if (raw.secrets === undefined && raw.dynamic === undefined) {
     problems.push("SECRETS is not set: write one `path -> file` per line, for example\n    environments/production/billing/database -> /run/secrets/db.json");

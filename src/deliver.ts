@@ -25,10 +25,18 @@ export function resolveTargets<M extends FileOptions & { target: string; line: n
 ): Array<FileTarget<M>> {
   const problems: string[] = [];
   const targets: Array<FileTarget<M>> = [];
+  const lineOfFile = new Map<string, number>();
 
   for (const mapping of mappings) {
     try {
       const file = resolveTarget(mapping.target, output.layout);
+      const earlier = lineOfFile.get(file);
+      if (earlier !== undefined) {
+        // Spellings such as `a`, `./a` and `/run/secrets/a` name one file; two writers would race.
+        problems.push(`${variable} line ${mapping.line}: "${mapping.target}" is the same file as line ${earlier} (${file}); give each line its own file`);
+        continue;
+      }
+      lineOfFile.set(file, mapping.line);
       targets.push({ mapping, file, mode: mapping.mode ?? output.fileMode });
     } catch (error) {
       problems.push(`${variable} line ${mapping.line}: ${(error as Error).message}`);
@@ -59,6 +67,7 @@ export function renderTarget(target: FileTarget<FileOptions & { target: string; 
     return renderSecret(data, target.mapping);
   } catch (error) {
     if (!(error instanceof RenderError)) throw error;
-    throw new AgentError("not_found", `Cannot render "${source}" into "${target.mapping.target}": ${error.message}`, { cause: error });
+    const code = error.kind === "missing_field" ? "not_found" : "config";
+    throw new AgentError(code, `Cannot render "${source}" into "${target.mapping.target}": ${error.message}`, { cause: error });
   }
 }

@@ -3,7 +3,7 @@
  * before writing, and every write is atomic on POSIX: temporary file in the target's directory,
  * fsync, chmod, rename. A reader sees the old file or the new one, never a part.
  */
-import { chmod, mkdir, open, readFile, realpath, rename, stat, unlink } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readFile, realpath, rename, unlink } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { AgentError } from "./errors.ts";
 import { randomHex } from "./retry.ts";
@@ -90,29 +90,54 @@ export async function writeFilesAtomic(files: FileWrite[], layout: OutputLayout,
   const touched = new Set<string>();
   let next = 0;
 
+  let failed = false;
+
   async function writeWorker(): Promise<void> {
-    for (let index = next++; index < files.length; index = next++) {
+    for (let index = next++; index < files.length && !failed; index = next++) {
       const file = files[index]!;
-      results[index] = await writeOne(file);
+      try {
+        results[index] = await writeOne(file);
+      } catch (error) {
+        failed = true;
+        throw error;
+      }
       if (results[index]!.changed) touched.add(dirname(file.path));
     }
   }
 
-  try {
-    await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, writeWorker));
-  } finally {
-    await Promise.all([...touched].map(syncDirectory));
-  }
+  // allSettled, not all: every worker must finish and remove its temporary file before the
+  // caller sees the first failure and perhaps exits.
+  const settled = await Promise.allSettled(Array.from({ length: Math.min(concurrency, files.length) }, writeWorker));
+  await Promise.all([...touched].map(syncDirectory));
+
+  const failure = settled.find((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
+  if (failure) throw failure.reason;
   return results;
 }
 
-/** Reads a file, or returns undefined when it does not exist. */
+/**
+ * Reads a regular file, or returns undefined when nothing exists at `path`.
+ *
+ * @throws AgentError `write` when `path` is a symlink, a directory or a special file: the agent
+ * replaces only regular files, so that a planted link or FIFO cannot redirect or block it.
+ */
 export async function readIfExists(path: string): Promise<{ bytes: Buffer; mode: number } | undefined> {
+  let info;
   try {
-    const [bytes, info] = await Promise.all([readFile(path), stat(path)]);
-    return { bytes, mode: info.mode & 0o7777 };
+    info = await lstat(path);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new AgentError("write", `Cannot read file "${path}": ${(error as NodeJS.ErrnoException).code ?? "error"}`, { cause: error });
+  }
+
+  if (!info.isFile()) {
+    const kind = info.isSymbolicLink() ? "a symlink" : info.isDirectory() ? "a directory" : "a special file";
+    throw new AgentError("write", `Cannot write file "${path}": it is ${kind}, not a regular file; remove it or choose another target`);
+  }
+
+  try {
+    return { bytes: await readFile(path), mode: info.mode & 0o7777 };
+  } catch (error) {
     throw new AgentError("write", `Cannot read file "${path}": ${(error as NodeJS.ErrnoException).code ?? "error"}`, { cause: error });
   }
 }
@@ -126,7 +151,9 @@ async function writeOne({ path, bytes, mode }: FileWrite): Promise<WriteResult> 
     return { changed: false, path };
   }
 
-  const temporary = join(dirname(path), `.${basename(path)}.tmp-${randomHex(6)}`);
+  // A long name plus the suffix could pass NAME_MAX (255 bytes), so long names get a short temporary name.
+  const name = Buffer.byteLength(basename(path)) > 200 ? "" : basename(path);
+  const temporary = join(dirname(path), `.${name}.tmp-${randomHex(6)}`);
   let renamed = false;
   try {
     const handle = await open(temporary, "wx", mode);
@@ -165,7 +192,17 @@ function isInside(path: string, dir: string): boolean {
  * directory, so that a symlink planted in the volume cannot redirect a write.
  */
 async function ensureConfinedDir(dir: string, layout: OutputLayout, target: string): Promise<void> {
-  const roots = outputDirs(layout);
+  // The output directory itself is configuration, so it may be created as written. Below it, the
+  // deepest existing ancestor is checked first, so that no directory is created through a symlink.
+  const root = outputDirs(layout).find((candidate) => dir === candidate || isInside(dir, candidate));
+  if (root === undefined) throw new AgentError("config", `Target file "${target}" is outside the output directories`);
+  await mkdir(root, { recursive: true, mode: 0o755 }).catch(() => {});
+
+  let existing = dir;
+  while (existing !== root && !(await exists(existing))) existing = dirname(existing);
+  await checkConfined(existing, layout, target);
+  if (existing === dir) return;
+
   try {
     await mkdir(dir, { recursive: true, mode: 0o755 });
   } catch (error) {
@@ -174,6 +211,18 @@ async function ensureConfinedDir(dir: string, layout: OutputLayout, target: stri
     });
   }
 
+  await checkConfined(dir, layout, target);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return lstat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function checkConfined(dir: string, layout: OutputLayout, target: string): Promise<void> {
+  const roots = outputDirs(layout);
   const realDir = await realpath(dir);
   for (const root of roots) {
     const realRoot = await realpath(root).catch(() => undefined);

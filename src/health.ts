@@ -5,6 +5,7 @@
  * - `GET /metrics`: the metrics registry in the Prometheus text format.
  */
 import { Hono } from "hono";
+import { AgentError } from "./errors.ts";
 import { getLogger } from "./log.ts";
 import { METRICS_CONTENT_TYPE, type MetricsRegistry } from "./metrics.ts";
 import { serveHttp, type HttpServer } from "./runtime.ts";
@@ -49,9 +50,21 @@ export function createHealthApp(options: HealthAppOptions): Hono {
 /**
  * Serves `app` on `address` and logs the bound URL, which tests read to learn a port chosen by
  * the system (port 0).
+ *
+ * @throws AgentError `config` when the address cannot be bound.
  */
 export async function startHealthServer(app: Hono, address: { hostname: string; port: number }): Promise<HttpServer> {
-  const server = await serveHttp((request) => app.fetch(request), address);
+  let server: HttpServer;
+  try {
+    server = await serveHttp((request) => app.fetch(request), address);
+  } catch (error) {
+    throw new AgentError(
+      "config",
+      `Cannot listen on HEALTH_ADDR ${address.hostname}:${address.port}: ${(error as Error).message}. Choose a free port or set HEALTH_ADDR=off`,
+      { cause: error },
+    );
+  }
+
   log.info("Health server listening", { url: server.url, port: server.port });
   return server;
 }

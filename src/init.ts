@@ -58,7 +58,8 @@ export async function runInit(config: InitConfig, options: InitOptions = {}): Pr
       const path = target.mapping.path;
       const secret = read.secrets.get(path);
       if (!secret) {
-        failures.push({ target, error: read.errors.get(path) ?? new AgentError("not_found", `Cannot read secret "${path}"`) });
+        const error = read.errors.get(path) ?? new AgentError("not_found", `Cannot read secret "${path}"`);
+        failures.push({ target, error: asAgentError(error, signal, deadline, config.timeoutMs) });
         continue;
       }
 

@@ -2,10 +2,10 @@
  * The four lease calls of ScaiVault's dynamic-credentials API: generate, renew, revoke and look
  * up. Paths, bodies and response parsing come from `contract.ts`, where the chosen wire shapes live.
  *
- * Times in the returned leases are on this machine's clock: the expiry is the local time of the
- * response plus `lease_duration`, and the maximum expiry keeps the server's distance between
- * `expires_at` and `max_expires_at`, so a skewed clock on either side does not shorten or
- * stretch a lease.
+ * Times in the returned leases are on this machine's clock. The expiry is the local time of the
+ * response plus `lease_duration`. The maximum expiry keeps the server's distance between
+ * `expires_at` and `max_expires_at`. So a skewed clock on either side neither shortens nor
+ * stretches a lease.
  */
 import type { ScaiVaultClient } from "./client.ts";
 import { ContractError, generateRequest, leasePaths, parseLease, renewRequest, type Lease } from "./contract.ts";

@@ -19,7 +19,10 @@ export interface LeaseMetrics {
   renewals: Counter;
   /** Leases replaced by a new one while the pod runs, by reason (the `generated` reasons except `start`). */
   replacements: Counter;
-  /** Revocations, by result: `revoked`, `gone` (the server no longer knew the lease) or `failed`. */
+  /**
+   * Revocations, by result: `revoked`, `gone` (the server no longer knew the lease), `expired`
+   * (a replaced lease left to expire at the end of its grace period, without a request) or `failed`.
+   */
   revocations: Counter;
   /** Failed operations, by operation. */
   failures: Counter;

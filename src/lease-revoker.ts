@@ -2,7 +2,8 @@
  * Revocation of leases the manager no longer uses: a lease replaced by a new one (revoked after
  * the grace period), a recorded lease that no DYNAMIC line adopted (revoked at once), and, at
  * stop, every lease. A failed revocation is retried with backoff until the lease expires, which
- * ends it on the server anyway; `404 lease_not_found` counts as revoked.
+ * ends it on the server anyway; `404 lease_not_found` counts as revoked. A replaced lease that
+ * expires before its grace period ends is left to expire, which saves a request.
  */
 import type { ScaiVaultClient } from "./client.ts";
 import { revokeLease } from "./lease-api.ts";
@@ -13,10 +14,13 @@ import { errorFields, getLogger } from "./log.ts";
 
 const log = getLogger("leases");
 
+/** A retired lease this close to its expiry is left to expire instead of revoked. */
+const EXPIRY_SLACK_MS = 1000;
+
 /** Upper bound of one revocation while running; stop() sets its own. */
 const REVOKE_TIMEOUT_MS = 15_000;
 
-/** What a revocation of every lease did. */
+/** Outcome of revoking every lease. */
 export interface RevokeSummary {
   /** Lease ids revoked, or already unknown to the server. */
   revoked: string[];
@@ -60,7 +64,7 @@ export class LeaseRevoker {
     record.state = "active";
   }
 
-  /** The retired leases not yet revoked. */
+  /** Returns the retired leases not yet revoked. */
   retired(): LeaseRecord[] {
     return [...this.#entries.values()].map((entry) => entry.record);
   }
@@ -111,9 +115,19 @@ export class LeaseRevoker {
     clearTimeout(entry.timer);
     entry.timer = setTimeout(() => {
       entry.timer = undefined;
+      if (entry.record.expiresAt - Date.now() < EXPIRY_SLACK_MS) return void this.#dropExpired(entry);
+
       const signal = AbortSignal.any([this.#options.signal(), AbortSignal.timeout(REVOKE_TIMEOUT_MS)]);
       void this.#revoke(entry, signal, true);
     }, Math.max(0, entry.revokeAt - Date.now()));
+  }
+
+  /** Forgets a lease that expires now: the server ends it by itself, so no request is needed. */
+  async #dropExpired(entry: Entry): Promise<void> {
+    this.#entries.delete(entry.record.leaseId);
+    this.#options.metrics.revocations.inc({ result: "expired" });
+    log.info("Replaced lease expired on the server: no revocation needed", { leaseId: entry.record.leaseId, file: entry.record.file });
+    await this.#options.onChange();
   }
 
   async #revoke(entry: Entry, signal: AbortSignal, retry: boolean): Promise<"revoked" | "gone" | "failed"> {

@@ -1,8 +1,8 @@
 /**
  * The lease state file: which leases this pod holds, for which file, until when. `init` writes it
  * so that the pod's sidecar adopts its leases, and a restarted sidecar reads it to adopt its own
- * instead of leaking them. It lives in the first output directory as `.scaivault-leases.json`,
- * mode 0600, written atomically, and holds ids, paths, times and a SHA-256 of each credential
+ * instead of leaking them. It is `.scaivault-leases.json` in the first output directory, with
+ * mode 0600, written atomically. It contains ids, paths, times and a SHA-256 of each credential
  * file, never a credential:
  *
  *   {"version": 1, "leases": [{"leaseId": "lease_01J...", "engine": "postgres-prod", "role": "readonly",
@@ -30,14 +30,14 @@ export interface LeaseRecord {
   leaseId: string;
   engine: string;
   role: string;
-  /** Absolute path of the file that holds the credential. */
+  /** Absolute path of the credential file. */
   file: string;
-  /** SHA-256 (hex) of the bytes written to `file`, to tell whether the file still holds this lease's credential. */
+  /** SHA-256 (hex) of the bytes written to `file`, to tell whether the file still contains this lease's credential. */
   fileSha256: string;
-  /** `active`: its file holds the credential; `retiring`: replaced or no longer configured, to be revoked. */
+  /** `active` while its file contains the credential, `retiring` once replaced or no longer configured, to be revoked. */
   state: "active" | "retiring";
   issuedAt: number;
-  /** When the last generate or renew answered. */
+  /** Time of the response to the last generate or renew. */
   grantedAt: number;
   expiresAt: number;
   maxExpiresAt?: number;

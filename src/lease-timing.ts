@@ -1,7 +1,7 @@
 /**
- * When the lease manager acts: renew at about two thirds of each grant, replace a lease whose
- * grant came back short or that reached its maximum lifetime, and stop retrying a failed renewal
- * in time to generate a new lease before the old one expires.
+ * The lease manager's timing. It renews at about two thirds of each grant. It replaces a lease
+ * whose grant came back short or that reached its maximum lifetime. It stops retrying a failed
+ * renewal in time to generate a new lease before the old one expires.
  */
 import { backoffDelay } from "./retry.ts";
 

@@ -15,7 +15,7 @@ const log = getLogger("leases");
 const REVOKE_ON_FAILURE_MS = 10_000;
 
 /**
- * The `DynamicHook` of `runInit`.
+ * Delivers the leases of DYNAMIC for `runInit` (its `DynamicHook`).
  *
  * @returns the files written.
  * @throws AgentError naming the line whose lease could not be generated or written.

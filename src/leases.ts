@@ -1,8 +1,8 @@
 /**
  * The life cycle of the dynamic leases of DYNAMIC, one lease per line:
  *
- * - start: adopt the lease recorded in the state file when its file still holds the lease's
- *   credential and the server still knows it; otherwise generate a lease and write its file.
+ * - start: adopt the lease recorded in the state file when its file still contains the lease's
+ *   credential and the server still has the lease. Otherwise generate a lease and write its file.
  *   Recorded leases that no line adopts are revoked.
  * - run: renew each lease at about two thirds of its grant. When a renewal comes back short, or
  *   the lease reached its maximum lifetime, generate a new lease at two thirds of the last grant,
@@ -54,7 +54,7 @@ export interface LeaseManagerOptions {
   random?: () => number;
 }
 
-/** Longest delay setTimeout keeps (2^31 - 1 ms); later actions are reached in steps. */
+/** Maximum delay of setTimeout (2^31 - 1 ms); later actions are reached in steps. */
 const MAX_TIMER_MS = 2_147_483_647;
 
 /** Error codes that another attempt does not fix, so the sidecar stops at start instead of retrying. */
@@ -107,8 +107,8 @@ export class LeaseManager {
 
   /**
    * Adopts or generates the lease of every line and writes the files of generated ones.
-   * With `renew`, renewals start, and a line whose lease cannot be generated for a passing
-   * reason (unreachable, rate limited) is retried in the background; without it, any failure throws.
+   * With `renew`, renewals start. A line whose lease cannot be generated for a passing reason
+   * (unreachable, rate limited) is then retried in the background. Without `renew`, any failure throws.
    *
    * @returns the files written.
    * @throws AgentError naming the line, for a failure that retrying does not fix (or any failure without `renew`).

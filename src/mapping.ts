@@ -6,7 +6,7 @@
  *   environments/production/billing/database -> /run/secrets/db.env format=env
  *   engine=postgres-prod role=readonly ttl=2h -> /run/secrets/db.json field=password
  *
- * Blank lines and lines starting with `#` are skipped. Whitespace around `->` and at the ends of a
+ * Blank lines, lines starting with `#` and the rest of a line after a space and `#` are skipped. Whitespace around `->` and at the ends of a
  * line is free, so YAML block scalars with aligned columns and a trailing newline parse as written.
  * Options follow the target as `key=value` words: `mode` (octal), `format` (`json`, `env`, `raw`),
  * `field`, `encoding` (`utf8` or `base64`, for a field that contains base64 of binary content).
@@ -130,7 +130,8 @@ const NAME_PATTERN = /^[a-z0-9][a-z0-9\-_]*$/;
 function* meaningfulLines(text: string): Generator<{ number: number; content: string }> {
   const lines = text.split(/\r?\n/);
   for (let index = 0; index < lines.length; index++) {
-    const content = lines[index]!.trim();
+    // A `#` after whitespace starts a comment; `path#field` has no space before its `#`.
+    const content = lines[index]!.replace(/\s#.*$/, "").trim();
     if (content === "" || content.startsWith("#")) continue;
     yield { number: index + 1, content };
   }

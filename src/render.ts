@@ -14,6 +14,13 @@ const encoder = new TextEncoder();
 /** The reason a secret cannot be rendered; never contains a value. */
 export class RenderError extends Error {
   override readonly name = "RenderError";
+  /** `missing_field` when the selected field is absent; `invalid_data` when the data cannot take the format. */
+  readonly kind: "missing_field" | "invalid_data";
+
+  constructor(message: string, kind: RenderError["kind"] = "invalid_data") {
+    super(message);
+    this.kind = kind;
+  }
 }
 
 /**
@@ -40,21 +47,28 @@ export function envName(key: string): string {
 
 // ---------------------------------------------------------------------------------------------
 
+/** Names that alter the sourcing shell itself or the programs it starts. */
+const UNSAFE_ENV_NAMES = /^(PATH|IFS|ENV|BASH_ENV|CDPATH|PS4|SHELLOPTS|BASHOPTS|GLOBIGNORE|HOME|SHELL|LD_[A-Z_]+|DYLD_[A-Z_]+)$/;
+
 function renderField(data: Record<string, unknown>, field: string, encoding: FileOptions["encoding"]): Uint8Array {
   if (!Object.hasOwn(data, field)) {
     const fields = Object.keys(data).sort().join(", ") || "none";
-    throw new RenderError(`field "${field}" not found; the secret has the fields: ${fields}`);
+    throw new RenderError(`field "${field}" not found; the secret has the fields: ${fields}`, "missing_field");
   }
 
   const value = data[field];
+  if (typeof value !== "string" && encoding === "base64") {
+    throw new RenderError(`field "${field}" is not a string, but the line sets encoding=base64`);
+  }
   if (typeof value !== "string") return encoder.encode(JSON.stringify(value));
   if (encoding !== "base64") return encoder.encode(value);
 
   const compact = value.replace(/\s+/g, "");
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(compact) || compact.length % 4 !== 0) {
+  // Standard and URL-safe alphabets, padded or not, as base64 tools write them.
+  if (!/^[A-Za-z0-9+/\-_]*={0,2}$/.test(compact) || compact.length % 4 === 1) {
     throw new RenderError(`field "${field}" is not valid base64, but the line sets encoding=base64`);
   }
-  return Uint8Array.from(Buffer.from(compact, "base64"));
+  return Uint8Array.from(Buffer.from(compact.replace(/-/g, "+").replace(/_/g, "/"), "base64"));
 }
 
 function renderEnv(data: Record<string, unknown>): string {
@@ -63,6 +77,9 @@ function renderEnv(data: Record<string, unknown>): string {
 
   for (const key of Object.keys(data).sort()) {
     const name = envName(key);
+    if (UNSAFE_ENV_NAMES.test(name)) {
+      throw new RenderError(`field "${key}" would set ${name}, which changes how a shell that sources the file runs; select fields with path#field`);
+    }
     const earlier = sources.get(name);
     if (earlier !== undefined) {
       throw new RenderError(`fields "${earlier}" and "${key}" both become ${name} in env format; select one field with path#field`);
@@ -71,6 +88,7 @@ function renderEnv(data: Record<string, unknown>): string {
 
     const value = data[key];
     const text = typeof value === "string" ? value : JSON.stringify(value);
+    if (text.includes("\0")) throw new RenderError(`field "${key}" contains a NUL character, which a shell variable cannot hold`);
     lines.push(`${name}=${shellQuote(text)}`);
   }
   return lines.join("\n") + (lines.length ? "\n" : "");

@@ -44,10 +44,11 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       return;
     }
 
+    // setTimeout treats delays above 2^31-1 ms as 1 ms, so the delay is capped there.
     const timer = setTimeout(() => {
       signal?.removeEventListener("abort", onAbort);
       resolve();
-    }, ms);
+    }, Math.min(ms, 2 ** 31 - 1));
 
     function onAbort(): void {
       clearTimeout(timer);

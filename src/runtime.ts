@@ -15,10 +15,12 @@ export interface HttpServer {
 
 interface BunLike {
   version: string;
+  gc(force: boolean): void;
   serve(options: {
     hostname: string;
     port: number;
     idleTimeout?: number;
+    maxRequestBodySize?: number;
     tls?: { cert: string; key: string };
     fetch: (request: Request) => Response | Promise<Response>;
   }): { port: number; stop(closeActive?: boolean): void | Promise<void> };
@@ -51,17 +53,25 @@ function detectRuntime(): { name: string; version: string } {
 /**
  * Serves `handler` on `hostname:port` (port 0 picks a free one), over HTTPS when `tls` contains a PEM
  * certificate chain and key. Long-polling handlers need idle connections kept open, so Bun's idle
- * timeout is raised to its maximum of 255 seconds.
+ * timeout is raised to its maximum of 255 seconds. `maxRequestBodySize` sets Bun's own body limit in
+ * bytes (128 MB by default), above which Bun answers 413 before `handler` runs; Deno has no such limit.
  */
 export async function serveHttp(
   handler: (request: Request) => Response | Promise<Response>,
-  options: { hostname: string; port: number; tls?: { cert: string; key: string } },
+  options: { hostname: string; port: number; tls?: { cert: string; key: string }; maxRequestBodySize?: number },
 ): Promise<HttpServer> {
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
   const scheme = options.tls ? "https" : "http";
 
   if (bun) {
-    const server = bun.serve({ hostname: options.hostname, port: options.port, idleTimeout: 255, fetch: handler, tls: options.tls });
+    const server = bun.serve({
+      hostname: options.hostname,
+      port: options.port,
+      idleTimeout: 255,
+      fetch: handler,
+      tls: options.tls,
+      ...(options.maxRequestBodySize === undefined ? {} : { maxRequestBodySize: options.maxRequestBodySize }),
+    });
     return {
       url: `${scheme}://${host}:${server.port}`,
       port: server.port,
@@ -103,4 +113,12 @@ export function createFetch(caFile?: string): FetchFunction {
 
   // NOTE: plain Node.js has no per-request CA option in fetch; NODE_EXTRA_CA_CERTS applies there.
   return globalThis.fetch.bind(globalThis);
+}
+
+/**
+ * Runs a full garbage collection under Bun, which lets the allocator return freed pages to the
+ * system. Does nothing under Deno and Node.js, which offer no such call without extra flags.
+ */
+export function collectGarbage(): void {
+  bun?.gc(true);
 }

@@ -8,17 +8,15 @@
  * Refreshes never overlap: a request made while one runs waits for it, and requests made while
  * one waits are merged into one.
  */
-import { existsSync } from "node:fs";
 import type { ScaiVaultClient, ReadResult } from "./client.ts";
 import type { SidecarConfig } from "./config.ts";
-import type { Secret } from "./contract.ts";
-import { resolveTargets, writeTarget, type FileTarget } from "./deliver.ts";
 import { AgentError } from "./errors.ts";
 import type { Readiness } from "./health.ts";
 import { errorFields, getLogger } from "./log.ts";
 import type { Reloader, ReloadResult } from "./reload.ts";
 import { backoffDelay, sleep, withJitter } from "./retry.ts";
 import type { SidecarMetrics } from "./sidecar-metrics.ts";
+import { WatchedFiles } from "./watched-files.ts";
 
 const log = getLogger("sidecar");
 
@@ -56,10 +54,7 @@ export class Sidecar {
   /** Unique watched secret paths, in the order of WATCH_PATHS. */
   readonly paths: string[];
   readonly #options: SidecarOptions;
-  readonly #targets = new Map<string, FileTarget[]>();
-  readonly #state = new Map<string, PathState>();
-  /** Files known to exist because a refresh wrote or confirmed them. */
-  readonly #confirmed = new Set<string>();
+  readonly #files: WatchedFiles;
   #ready = false;
   #lastCompleteAt: number | undefined;
   #pending: PendingRefresh | undefined;
@@ -70,13 +65,8 @@ export class Sidecar {
     this.#options = options;
     this.reloader = options.reloader;
 
-    for (const target of resolveTargets(options.config.watch, options.config.output, "WATCH_PATHS")) {
-      const list = this.#targets.get(target.mapping.path) ?? [];
-      list.push(target);
-      this.#targets.set(target.mapping.path, list);
-    }
-    this.paths = [...this.#targets.keys()];
-    for (const path of this.paths) this.#state.set(path, {});
+    this.#files = new WatchedFiles(options.config, options.metrics);
+    this.paths = this.#files.paths;
 
     options.metrics.watchedPaths.set({}, this.paths.length);
     options.metrics.staleness.set({}, NaN);
@@ -154,9 +144,7 @@ export class Sidecar {
     const { config } = this.#options;
     const stalenessMs = this.#lastCompleteAt === undefined ? undefined : Date.now() - this.#lastCompleteAt;
     const tooStale = config.readyMaxStalenessMs !== undefined && stalenessMs !== undefined && stalenessMs > config.readyMaxStalenessMs;
-    const unavailable = [...this.#state.entries()]
-      .filter(([, state]) => state.unavailable !== undefined)
-      .map(([path, state]) => ({ path, kind: state.unavailable! }));
+    const unavailable = this.#files.unavailable();
 
     return {
       ready: this.#ready && !tooStale,
@@ -177,11 +165,9 @@ export class Sidecar {
 
   async #startDelay(signal: AbortSignal): Promise<boolean> {
     const { config } = this.#options;
-    const files = [...this.#targets.values()].flat().map((target) => target.file);
-
     // A fresh pod has no files and must not wait. A restarted sidecar, or one after an init
     // container, spreads its first read so that many replicas do not read in the same second.
-    if (config.startJitterMs <= 0 || files.length === 0 || !files.every((file) => existsSync(file))) return true;
+    if (config.startJitterMs <= 0 || this.#files.missingFiles().length > 0) return true;
 
     const delayMs = Math.floor((this.#options.random ?? Math.random)() * config.startJitterMs);
     log.info("Files exist already: waiting before the first read to spread start-up", { delayMs, startJitterMs: config.startJitterMs });
@@ -222,23 +208,12 @@ export class Sidecar {
       return { ...outcome, ok: false };
     }
 
-    const versions: Record<string, number> = {};
-    for (const path of paths) {
-      const secret = read.secrets.get(path);
-      if (!secret) {
-        outcome.unavailable.push({ path, kind: this.#markUnavailable(path, read.errors.get(path)) });
-        continue;
-      }
-
-      const written = await this.#writePath(path, secret);
-      if (written.writeFailed) outcome.ok = false;
-      if (written.unavailable) outcome.unavailable.push({ path, kind: written.unavailable });
-      if (written.files.length) {
-        outcome.changedPaths.push(path);
-        outcome.changedFiles.push(...written.files);
-        versions[path] = secret.version;
-      }
-    }
+    const applied = await this.#files.apply(paths, read);
+    const versions = applied.versions;
+    outcome.ok = !applied.writeFailed;
+    outcome.changedPaths = applied.changedPaths;
+    outcome.changedFiles = applied.changedFiles;
+    outcome.unavailable = applied.unavailable;
 
     if (all) {
       this.#lastCompleteAt = Date.now();
@@ -265,86 +240,10 @@ export class Sidecar {
     return outcome;
   }
 
-  /**
-   * Writes every file of `path` unless its version is already written. A version whose content
-   * cannot be rendered (a selected field is missing) is reported once and not tried again.
-   */
-  async #writePath(path: string, secret: Secret): Promise<{ files: string[]; writeFailed: boolean; unavailable?: string }> {
-    const { metrics, config } = this.#options;
-    const state = this.#state.get(path)!;
-    const result: { files: string[]; writeFailed: boolean; unavailable?: string } = { files: [], writeFailed: false };
-
-    if (state.renderFailedVersion === secret.version) return { ...result, unavailable: "render" };
-
-    // NOTE: change is detected by version only. A file altered on disk by someone else stays so
-    // until its secret's next version or a sidecar restart.
-    if (state.version !== secret.version) {
-      for (const target of this.#targets.get(path)!) {
-        try {
-          const write = await writeTarget(target, secret.data, path, config.output);
-          this.#confirmed.add(target.file);
-          if (write.changed) result.files.push(target.file);
-        } catch (error) {
-          // A missing field is a problem of the secret, not of the disk: keep the file and report it.
-          let kind = "write";
-          if (error instanceof AgentError) kind = error.code === "not_found" ? "render" : error.code;
-          if (kind === "render") result.unavailable = kind;
-          else result.writeFailed = true;
-          metrics.errors.inc({ kind });
-          log.error("Cannot update file: keeping the last one", { path, file: target.file, version: secret.version, ...errorFields(error) });
-        }
-      }
-
-      if (result.unavailable) {
-        state.renderFailedVersion = secret.version;
-        state.unavailable = result.unavailable;
-        metrics.secretUnavailable.set({ path }, 1);
-      }
-      if (result.writeFailed || result.unavailable) return result;
-
-      state.version = secret.version;
-      metrics.secretVersion.set({ path }, secret.version);
-      if (result.files.length) metrics.changes.inc({ path });
-    }
-
-    if (state.unavailable !== undefined) {
-      log.info("Secret is current again", { path, version: secret.version, was: state.unavailable });
-      state.unavailable = undefined;
-      metrics.secretUnavailable.remove({ path });
-    }
-
-    const now = Date.now();
-    state.lastSuccessAt = now;
-    metrics.lastSuccess.set({ path }, now / 1000);
-    return result;
-  }
-
-  /** Records that `path` could not be read; returns the kind. The last file stays. */
-  #markUnavailable(path: string, error: AgentError | undefined): string {
-    const { metrics } = this.#options;
-    const state = this.#state.get(path)!;
-    const kind = error?.serverCode === "secret_not_found" ? "deleted" : (error?.code ?? "not_found");
-
-    if (state.unavailable !== kind) {
-      const files = this.#targets.get(path)!.map((target) => target.file);
-      const message = kind === "deleted" ? "Secret not found in ScaiVault (deleted?): keeping its last file" : "Cannot read secret: keeping its last file";
-      log.warn(message, { path, files, ...(error ? errorFields(error) : {}) });
-    }
-
-    state.unavailable = kind;
-    state.renderFailedVersion = undefined;
-    // Forget the version: a secret created again starts at version 1, which may equal the old one.
-    state.version = undefined;
-    metrics.secretUnavailable.set({ path }, 1);
-    metrics.errors.inc({ kind: error?.code ?? "not_found" });
-    return kind;
-  }
-
   #markReadyOnce(started: number): void {
     if (this.#ready) return;
 
-    const files = [...this.#targets.values()].flat().map((target) => target.file);
-    const missing = files.filter((file) => !this.#confirmed.has(file) && !existsSync(file));
+    const missing = this.#files.missingFiles();
     if (missing.length) {
       log.warn("Not ready: some files were never written", { missing: missing.slice(0, 20), count: missing.length });
       return;
@@ -352,21 +251,11 @@ export class Sidecar {
 
     this.#ready = true;
     this.#options.metrics.ready.set({}, 1);
-    log.info("First sync complete: ready", { paths: this.paths.length, files: files.length, durationMs: Math.round(performance.now() - started) });
+    log.info("First sync complete: ready", { paths: this.paths.length, files: this.#files.files.length, durationMs: Math.round(performance.now() - started) });
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-
-interface PathState {
-  /** Last version whose files were all written; undefined before the first read and while unavailable. */
-  version?: number;
-  lastSuccessAt?: number;
-  /** Reason the last read gave no usable secret (`deleted`, `forbidden`, `render`, ...), or undefined. */
-  unavailable?: string;
-  /** Version whose content could not be rendered into its files. */
-  renderFailedVersion?: number;
-}
 
 interface PendingRefresh {
   /** undefined: every watched path. */

@@ -1,6 +1,7 @@
 /** ScaiVaultClient and token sources against the real dev server on 127.0.0.1. */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startDevServer, type DevServer } from "../src/dev/server.ts";
@@ -134,6 +135,79 @@ describe("ScaiVaultClient", () => {
       expect(error.message).toBe("ScaiVault rejected secrets.get: 403 access_denied");
       expect(error.requestId).toMatch(/^agent-/);
     });
+  });
+});
+
+describe("ScaiVaultClient inputs and partial failures", () => {
+  test("client rejects credentials in the base URL without echoing them", () => {
+    const call = () => new ScaiVaultClient({ baseUrl: "http://admin:Sup3rS3cret@127.0.0.1:1" });
+    expect(call).toThrow("it contains a user name or password");
+    expect(call).not.toThrow("Sup3rS3cret");
+  });
+
+  test("client rejects a query in the base URL", () => {
+    expect(() => new ScaiVaultClient({ baseUrl: "http://127.0.0.1:1/?x=1" })).toThrow("remove the query and fragment");
+  });
+
+  test("client fails at once when Retry-After is beyond its limit", async () => {
+    const records: RequestRecord[] = [];
+    await withFault({ path_prefix: "/v1/secrets/a/one", status: 429, code: "rate_limited", count: 5, retry_after: 3_000_000 }, async () => {
+      await expect(rootClient(records).getSecret("a/one")).rejects.toThrow("ScaiVault asked to wait 3000000 s");
+    });
+    expect(records).toHaveLength(1);
+  });
+
+  test("client keeps other batches when one batch fails", async () => {
+    const paths = Array.from({ length: 150 }, (_, index) => `part/s${index}`);
+    for (const path of paths) server.state.secrets.write(path, { data: { v: path } });
+
+    let result!: Awaited<ReturnType<ScaiVaultClient["readSecrets"]>>;
+    await withFault({ method: "POST", path_prefix: "/v1/secrets/batch", status: 403, code: "access_denied", count: 1 }, async () => {
+      result = await rootClient().readSecrets(paths);
+    });
+
+    expect(result.secrets.size + result.errors.size).toBe(150);
+    expect(result.secrets.size).toBeGreaterThanOrEqual(50);
+    expect([...result.errors.values()].every((error) => error.serverCode === "access_denied")).toBe(true);
+  });
+
+  test("client reports a base URL without the API as configuration", async () => {
+    const client = new ScaiVaultClient({ baseUrl: `${server.url}/wrong/prefix`, tokens: staticTokenSource(server.rootToken) });
+    await expect(client.readSecrets(["a/one"])).rejects.toMatchObject({ code: "config" });
+  });
+
+  test("client re-reads secrets a batch answered with rate_limited", async () => {
+    const limited = await startDevServer({ port: 0, rateLimits: { read: 60 } });
+    try {
+      const paths = Array.from({ length: 61 }, (_, index) => `throttle/s${index}`);
+      for (const path of paths) limited.state.secrets.write(path, { data: { v: path } });
+      const client = new ScaiVaultClient({ baseUrl: limited.url, tokens: staticTokenSource(limited.rootToken), backoff: { baseMs: 5, maxMs: 20 } });
+
+      const result = await client.readSecrets(paths);
+
+      expect(result.errors.size).toBe(0);
+      expect(result.secrets.size).toBe(61);
+      expect(limited.state.stats.count("POST /v1/secrets/batch")).toBe(2);
+    } finally {
+      await limited.stop();
+    }
+  });
+
+  test("client treats a body that stalls as a network failure", async () => {
+    const stalling = createServer((_request, response) => {
+      response.writeHead(200, { "content-type": "application/json" });
+      response.write('{"secrets":');
+    });
+    await new Promise<void>((resolve) => stalling.listen(0, "127.0.0.1", resolve));
+    const port = (stalling.address() as { port: number }).port;
+
+    try {
+      const client = new ScaiVaultClient({ baseUrl: `http://127.0.0.1:${port}`, tokens: staticTokenSource("t"), maxAttempts: 1, requestTimeoutMs: 300 });
+      await expect(client.readSecrets(["a/b"])).rejects.toMatchObject({ code: "unreachable" });
+    } finally {
+      stalling.closeAllConnections();
+      stalling.close();
+    }
   });
 });
 

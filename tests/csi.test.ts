@@ -145,6 +145,16 @@ describe("csi provider", () => {
     expect(fixture.provider.mounter.tokenCache.stats().entries).toBe(cached + ACCOUNTS.length);
   });
 
+  test("tokens sent as a secret of the request are used", async () => {
+    const tokens = { scaivault: podToken("billing", "billing") };
+    rememberTokens(mountAttributes({ baseUrl: fixture.dev.url, tokens }));
+    const secrets = JSON.stringify({ "csi.storage.k8s.io/serviceAccount.tokens": JSON.stringify(tokens) });
+
+    const response = await fixture.client.mount({ attributes: mountAttributes({ baseUrl: fixture.dev.url, tokens: null }), secrets });
+
+    expect(response.files.map((file) => file.path)).toEqual(["db.json", "stripe.json"]);
+  });
+
   test("revoked ScaiVault token is exchanged again", async () => {
     const attributes = mountAttributes({ baseUrl: fixture.dev.url });
     await fixture.client.mount({ attributes });

@@ -127,7 +127,7 @@ test("events create a new subscription when the old one is gone", async () => {
   const first = watcher.subscriptionId!;
   const running = watcher.run(controller.signal);
 
-  // The server forgets the subscription (a restart): the waiting poll ends and the next gets 404.
+  // The server drops the subscription (as after a restart): the waiting poll ends and the next gets 404.
   await Bun.sleep(100);
   dev.state.subscriptions.delete(first);
   await waitFor("a new subscription", () => watcher.subscriptionId !== undefined && watcher.subscriptionId !== first);

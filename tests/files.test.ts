@@ -1,8 +1,9 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { resolveTarget, writeFileAtomic, type OutputLayout } from "../src/files.ts";
+import { resolveTarget, writeFileAtomic, writeFilesAtomic, type OutputLayout } from "../src/files.ts";
 
 const scratch = mkdtempSync(join(tmpdir(), "files-"));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -128,5 +129,77 @@ describe("writeFileAtomic", () => {
     await writeFileAtomic(path, bytes, { mode: 0o600, layout });
 
     expect(readFileSync(path).equals(bytes)).toBe(true);
+  });
+
+  test("creates a missing output directory", async () => {
+    const root = join(scratch, `absent-${++counter}/run/secrets`);
+    await writeFileAtomic(join(root, "a.json"), Buffer.from("x"), { mode: 0o600, layout: { dirs: [root], prefix: "" } });
+    expect(readFileSync(join(root, "a.json"), "utf8")).toBe("x");
+  });
+
+  test("creates no directory through a symlink", async () => {
+    const { root, layout } = freshLayout();
+    const outside = join(scratch, `outside-deep-${counter}`);
+    mkdirSync(outside);
+    symlinkSync(outside, join(root, "link"));
+
+    const write = writeFileAtomic(join(root, "link/new/deeper/a.json"), Buffer.from("x"), { mode: 0o600, layout });
+
+    await expect(write).rejects.toThrow("resolves through a symlink");
+    expect(existsSync(join(outside, "new"))).toBe(false);
+  });
+
+  test("rejects a target that is a symlink", async () => {
+    const { root, layout } = freshLayout();
+    const victim = join(scratch, `victim-${counter}`);
+    writeFileSync(victim, "same");
+    symlinkSync(victim, join(root, "a.txt"));
+
+    const write = writeFileAtomic(join(root, "a.txt"), Buffer.from("same"), { mode: 0o777, layout });
+
+    await expect(write).rejects.toThrow("it is a symlink, not a regular file");
+    expect(statSync(victim).mode & 0o777).not.toBe(0o777);
+  });
+
+  test("rejects a target that is a FIFO", async () => {
+    const { root, layout } = freshLayout();
+    execFileSync("mkfifo", [join(root, "pipe")]);
+
+    await expect(writeFileAtomic(join(root, "pipe"), Buffer.from("x"), { mode: 0o600, layout })).rejects.toThrow("it is a special file");
+  });
+
+  test("writes a target with a 250-byte name", async () => {
+    const { root, layout } = freshLayout();
+    const path = join(root, "n".repeat(250));
+    await writeFileAtomic(path, Buffer.from("x"), { mode: 0o600, layout });
+    expect(readFileSync(path, "utf8")).toBe("x");
+  });
+});
+
+describe("writeFilesAtomic", () => {
+  test("leaves no temporary file behind when one write fails", async () => {
+    const { root, layout } = freshLayout();
+    mkdirSync(join(root, "taken"));
+    const files = Array.from({ length: 60 }, (_, index) => ({ path: join(root, `f${index}`), bytes: Buffer.from(`value ${index}`), mode: 0o600 }));
+    files.splice(5, 0, { path: join(root, "taken"), bytes: Buffer.from("x"), mode: 0o600 });
+
+    await expect(writeFilesAtomic(files, layout)).rejects.toMatchObject({ code: "write" });
+
+    expect(readdirSync(root).filter((name) => name.includes(".tmp-"))).toEqual([]);
+  });
+
+  test("reports changed per file", async () => {
+    const { root, layout } = freshLayout();
+    await writeFileAtomic(join(root, "old"), Buffer.from("same"), { mode: 0o600, layout });
+
+    const results = await writeFilesAtomic(
+      [
+        { path: join(root, "old"), bytes: Buffer.from("same"), mode: 0o600 },
+        { path: join(root, "new"), bytes: Buffer.from("fresh"), mode: 0o600 },
+      ],
+      layout,
+    );
+
+    expect(results.map((result) => result.changed)).toEqual([false, true]);
   });
 });

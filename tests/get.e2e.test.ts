@@ -3,7 +3,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startDevServer, type DevServer } from "../src/dev/server.ts";
 import { EXIT_CODES } from "../src/errors.ts";
 import { configureLogging } from "../src/log.ts";
-import { runCli } from "./helpers/cli.ts";
+import { spawn } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { baseEnv, MOD, runCli } from "./helpers/cli.ts";
 
 const PATH = "environments/production/billing/stripe";
 let server: DevServer;
@@ -50,6 +52,8 @@ describe("get", () => {
   test.each([
     [["Bad/Path"], EXIT_CODES.config, 'Invalid secret path \\"Bad/Path\\"'],
     [[PATH, "--version", "zero"], EXIT_CODES.config, 'Invalid --version \\"zero\\"'],
+    [[PATH, "--version", "1e0"], EXIT_CODES.config, 'Invalid --version \\"1e0\\"'],
+    [[PATH, "--field", "secret_key", "--format", "env"], EXIT_CODES.config, "cannot be combined with --format"],
     [[PATH, "--format", "yaml"], EXIT_CODES.config, 'Invalid --format \\"yaml\\"'],
     [["environments/none"], EXIT_CODES.not_found, "404 secret_not_found"],
     [[PATH, "--version", "9"], EXIT_CODES.not_found, "404 version_not_found"],
@@ -61,5 +65,42 @@ describe("get", () => {
     expect(result.stdout).toBe("");
     expect(result.stderr).toContain(message);
     expect(result.stderr).not.toContain("sk_v");
+  });
+
+  test("get fails with the write code when standard output is full", async () => {
+    const full = openSync("/dev/full", "w");
+    const child = spawn(process.execPath, [MOD, "get", PATH], {
+      env: baseEnv({ SCAIVAULT_URL: server.url, SCAIVAULT_TOKEN: server.rootToken }),
+      stdio: ["ignore", full, "pipe"],
+    });
+    let stderr = "";
+    child.stderr!.on("data", (chunk) => (stderr += chunk));
+
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    closeSync(full);
+
+    expect(code).toBe(EXIT_CODES.write);
+    expect(stderr).toContain("Cannot write to standard output: ENOSPC");
+  });
+});
+
+describe("command line", () => {
+  test.each([
+    [["frob"], "Unknown command frob"],
+    [["get"], "Missing required positional argument: PATH"],
+  ])("%j exits with the usage code", async (args, message) => {
+    const result = await runCli(args, {});
+
+    expect(result.code).toBe(EXIT_CODES.config);
+    expect(result.stderr).toContain(message);
+    expect(result.stderr).not.toContain("\u001b[");
+  });
+
+  test("help output has no colour codes when piped", async () => {
+    const result = await runCli(["init", "--help"], {});
+
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain("--secrets");
+    expect(result.stdout).not.toContain("\u001b[");
   });
 });

@@ -1,6 +1,10 @@
 import { expect, test } from "bun:test";
-import { createHealthApp } from "../src/health.ts";
+import { AgentError } from "../src/errors.ts";
+import { createHealthApp, startHealthServer } from "../src/health.ts";
+import { configureLogging } from "../src/log.ts";
 import { MetricsRegistry, METRICS_CONTENT_TYPE } from "../src/metrics.ts";
+
+configureLogging({ level: "silent" });
 
 function app(ready: boolean, alive = true) {
   const metrics = new MetricsRegistry();
@@ -28,4 +32,16 @@ test("health serves metrics in the text format", async () => {
   expect(response.headers.get("content-type")).toBe(METRICS_CONTENT_TYPE);
   expect(await response.text()).toContain("test_total 1");
   expect((await app(true).request("/other")).status).toBe(404);
+});
+
+test("health server reports a port in use as a config error", async () => {
+  const occupied = await startHealthServer(app(true), { hostname: "127.0.0.1", port: 0 });
+  try {
+    const error = await startHealthServer(app(true), { hostname: "127.0.0.1", port: occupied.port }).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(AgentError);
+    expect((error as AgentError).code).toBe("config");
+    expect((error as AgentError).message).toContain(`Cannot listen on HEALTH_ADDR 127.0.0.1:${occupied.port}`);
+  } finally {
+    await occupied.stop();
+  }
 });

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { startDevServer, type DevServer } from "../src/dev/server.ts";
 import { EXIT_CODES } from "../src/errors.ts";
 import { configureLogging } from "../src/log.ts";
-import { logLines, runCli, type CliResult } from "./helpers/cli.ts";
+import { logLines, runCli, spawnCli, type CliResult } from "./helpers/cli.ts";
 import { makeJwt } from "./helpers/jwt.ts";
 
 const DATABASE = "environments/production/billing/database";
@@ -207,6 +207,7 @@ describe("init configuration errors", () => {
     ["a path outside the character set", "Environments/Prod -> /run/secrets/a.json", 'invalid secret path \\"Environments/Prod\\"'],
     ["a file outside the output root", "environments/a -> /etc/cron.d/evil", 'Target file \\"/etc/cron.d/evil\\" is outside the output directories'],
     ["two lines writing one file", "a/b -> /run/secrets/x\nc/d -> /run/secrets/x", "SECRETS line 2:"],
+    ["two spellings of one file", "a/b -> /run/secrets/x\nc/d -> /run/secrets/./x\ne/f -> x\ng/h -> /run//secrets/x", "SECRETS line 4: \\\"/run//secrets/x\\\" is the same file as line 1"],
     ["an unknown option", "a/b -> /run/secrets/x owner=root", 'unknown option \\"owner\\"'],
   ])("init rejects %s with the config exit code", async (_name, secrets, message) => {
     const prefix = freshPrefix();
@@ -317,6 +318,28 @@ describe("init failures", () => {
 
       expect(result.code).toBe(EXIT_CODES.timeout);
       expect(result.stderr).toContain("Init did not finish within INIT_TIMEOUT");
+    } finally {
+      await clearFaults();
+    }
+  });
+
+  test("init stopped by SIGTERM exits 143 and writes nothing", async () => {
+    await addFault({ path_prefix: "/v1/secrets/batch", status: 503, code: "service_unavailable", count: 1, delay_ms: 30_000 });
+    const prefix = freshPrefix();
+
+    try {
+      const child = spawnCli(["init"], { SCAIVAULT_URL: server.url, SCAIVAULT_TOKEN_FILE: jwtFile, SECRETS: GUIDE_SECRETS, OUTPUT_PREFIX: prefix });
+      let stderr = "";
+      child.stderr!.on("data", (chunk) => (stderr += chunk));
+      await waitFor(() => stderr.includes("Starting init"));
+      await Bun.sleep(300);
+
+      child.kill("SIGTERM");
+      const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+      outputs.push(stderr);
+
+      expect(code).toBe(143);
+      expect(filesIn(prefix)).toEqual([]);
     } finally {
       await clearFaults();
     }
@@ -495,3 +518,10 @@ function freePort(): Promise<number> {
   });
 }
 
+async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const started = Date.now();
+  while (!condition()) {
+    if (Date.now() - started > timeoutMs) throw new Error("condition not met in time");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

@@ -3,7 +3,7 @@
  * with the `postgresql` plugin on 127.0.0.1, and `init` and `sidecar` as real child processes
  * that receive real signals. Skipped, with the reason printed, when PostgreSQL is not installed.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,7 +13,7 @@ import { configureLogging } from "../src/log.ts";
 import { LEASE_STATE_FILE } from "../src/lease-store.ts";
 import { runCli } from "./helpers/cli.ts";
 import { generatedRoles, postgresUnavailable, readAsUser, startPostgres, type PostgresCluster } from "./helpers/postgres.ts";
-import { metricValue, scrape, startApp, startSidecar, waitFor, type SidecarProcess } from "./helpers/sidecar.ts";
+import { metricValue, scrape, startApp, startSidecar, waitFor, type AppProcess, type SidecarProcess } from "./helpers/sidecar.ts";
 
 const GENERATE_ROUTE = "POST /v1/dynamic/engines/{engine}/creds/{role}";
 const GRANT = 'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}"';
@@ -28,6 +28,8 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
   let caseNumber = 0;
   const outputs: string[] = [];
   const sensitive: string[] = [];
+  const running: SidecarProcess[] = [];
+  const apps: AppProcess[] = [];
 
   beforeAll(async () => {
     configureLogging({ level: "warn" });
@@ -52,6 +54,13 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     scratch = mkdtempSync(join(tmpdir(), "leases-e2e-"));
     sensitive.push(server.rootToken, new URL(cluster.url).password);
   }, 120_000);
+
+  // A failed test leaves its processes running; stop them before the next test injects faults.
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((process) => stop(process)));
+    await Promise.all(apps.splice(0).map((app) => app.stop()));
+    server.state.faults.clear();
+  });
 
   afterAll(async () => {
     await server?.stop();
@@ -79,14 +88,23 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
 
   async function sidecar(dir: string, dynamic: string, extra: Record<string, string> = {}): Promise<SidecarProcess> {
     const process = await startSidecar(env(dir, dynamic, extra));
+    running.push(process);
     await process.waitForLog("the leases", (line) => line.msg === "Leases ready" || line.level === "error");
     return process;
   }
 
   async function stop(process: SidecarProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (running.includes(process)) running.splice(running.indexOf(process), 1);
     const result = await process.stop(signal);
     outputs.push(process.stderr());
     return result;
+  }
+
+  /** Starts the reload test application after the sidecar wrote its files, as a native sidecar's pod would. */
+  async function app(dir: string, name: string, file: string): Promise<AppProcess> {
+    const started = await startApp(dir, name, join(dir, "app.log"), [file]);
+    apps.push(started);
+    return started;
   }
 
   function credential(file: string): { username: string; password: string } {
@@ -105,8 +123,12 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
 
   test("sidecar credentials log in, read, and are dropped at SIGTERM", async () => {
     const dir = caseDir();
-    const process = await sidecar(dir, "engine=postgres-prod role=readonly ttl=2h -> /db.json");
-    const file = join(dir, "db.json");
+    // The guide's line, with its absolute target placed under the case directory.
+    const process = await sidecar(dir, "engine=postgres-prod role=readonly ttl=2h -> /run/secrets/db.json", {
+      OUTPUT_DIRS: "/run/secrets",
+      OUTPUT_PREFIX: dir,
+    });
+    const file = join(dir, "run/secrets/db.json");
     const { username, password } = credential(file);
 
     expect(await readAsUser(cluster, username, password)).toBe(2);
@@ -116,14 +138,14 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     expect(exit.code).toBe(0);
     expect(await generatedRoles(cluster.sql)).not.toContain(username);
     await expect(readAsUser(cluster, username, password)).rejects.toThrow(/password authentication failed|does not exist/);
-    expect(JSON.parse(readFileSync(join(dir, LEASE_STATE_FILE), "utf8")).leases).toEqual([]);
+    expect(JSON.parse(readFileSync(join(dir, "run/secrets", LEASE_STATE_FILE), "utf8")).leases).toEqual([]);
   }, 60_000);
 
   test("renewal keeps user and file and sends no signal", async () => {
     const dir = caseDir();
     const file = join(dir, "db.json");
-    const app = await startApp(dir, "dbapp-renew", join(dir, "app.log"), [file]);
     const process = await sidecar(dir, "engine=postgres-prod role=readonly ttl=3s -> db.json", { RELOAD_TARGET: "dbapp-renew" });
+    const application = await app(dir, "dbapp-renew", file);
     const { username, password } = credential(file);
     const before = statSync(file);
     const validBefore = (await cluster.sql`SELECT rolvaliduntil FROM pg_roles WHERE rolname = ${username}`)[0]!.rolvaliduntil;
@@ -134,21 +156,20 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     expect(after.mtimeMs).toBe(before.mtimeMs);
     expect(after.ino).toBe(before.ino);
     expect(credential(file).username).toBe(username);
-    expect(app.signals()).toHaveLength(0);
+    expect(application.signals()).toHaveLength(0);
     const validAfter = (await cluster.sql`SELECT rolvaliduntil FROM pg_roles WHERE rolname = ${username}`)[0]!.rolvaliduntil;
     expect(new Date(validAfter).getTime()).toBeGreaterThan(new Date(validBefore).getTime());
     expect(await readAsUser(cluster, username, password)).toBe(2);
     expect(metricValue(await scrape(process), "scaivault_lease_renewals_total")).toBeGreaterThanOrEqual(2);
 
     await stop(process);
-    await app.stop();
   }, 60_000);
 
   test("max_ttl gives a new user, one signal, and drops the old user", async () => {
     const dir = caseDir();
     const file = join(dir, "db.json");
-    const app = await startApp(dir, "dbapp-max", join(dir, "app.log"), [file]);
     const process = await sidecar(dir, "engine=postgres-prod role=capped -> db.json", { RELOAD_TARGET: "dbapp-max" });
+    const application = await app(dir, "dbapp-max", file);
     const first = credential(file);
     const before = statSync(file);
 
@@ -162,12 +183,11 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     expect(await generatedRoles(cluster.sql)).not.toContain(first.username);
     await expect(readAsUser(cluster, first.username, first.password)).rejects.toThrow();
 
-    const signals = app.signals();
+    const signals = application.signals();
     expect(signals).toHaveLength(1);
     expect(String(signals[0]!.files[file])).toContain(second.username);
 
     await stop(process);
-    await app.stop();
   }, 60_000);
 
   test("restarted sidecar adopts its leases; SIGTERM revokes them all", async () => {
@@ -221,7 +241,7 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     const process = await sidecar(dir, "engine=postgres-prod role=readonly ttl=6s -> db.json", { RETRY_MAX_ATTEMPTS: "2" });
     const file = join(dir, "db.json");
 
-    // ScaiVault answers 503 to the lease routes for the next 4 requests: the first renewal and its retry fail.
+    // The lease routes return 503 for the next 4 requests, so the first renewal and its retry fail.
     server.state.faults.add({ pathPrefix: "/v1/dynamic/leases", status: 503, code: "service_unavailable", count: 4, delayMs: 0 });
     await process.waitForLog("a failed renewal", (line) => line.msg === "Cannot renew lease, retrying", 15_000);
     await process.waitForLog("a recovery", (line) => line.msg === "Renewed lease" || line.msg === "Replaced lease: new credential written", 15_000);

@@ -37,6 +37,11 @@ describe("parseSecretMappings", () => {
     expect(mappings[0]!.target).toBe("x.json");
   });
 
+  test("skips a comment after the options", () => {
+    const [mapping] = parseSecretMappings("a/b#field -> x.key mode=0400   # the API key");
+    expect(mapping).toMatchObject({ path: "a/b", field: "field", target: "x.key", mode: 0o400 });
+  });
+
   test("accepts CRLF line ends", () => {
     expect(parseSecretMappings("a/b -> x.json\r\nc/d -> y.json\r\n")).toHaveLength(2);
   });

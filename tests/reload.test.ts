@@ -85,11 +85,11 @@ test("reloader finds the target by comm and signals it", async () => {
 
 test("reloader matches the basename of argv[0]", async () => {
   const name = unique("rlexec");
-  const shown = unique("billing");
-  const app = await startSleeper(name, { argv0: `/opt/app/${shown}` });
+  const argvName = unique("billing");
+  const app = await startSleeper(name, { argv0: `/opt/app/${argvName}` });
 
-  expect(await new Reloader({ target: shown, signal: "SIGUSR1" }).findTargets()).toEqual([app.pid]);
-  expect(await new Reloader({ target: `/opt/app/${shown}`, signal: "SIGUSR1" }).findTargets()).toEqual([]);
+  expect(await new Reloader({ target: argvName, signal: "SIGUSR1" }).findTargets()).toEqual([app.pid]);
+  expect(await new Reloader({ target: `/opt/app/${argvName}`, signal: "SIGUSR1" }).findTargets()).toEqual([]);
 });
 
 test("reloader matches names longer than the kernel's comm", async () => {

@@ -38,6 +38,30 @@ describe("renderSecret", () => {
     expect(call).not.toThrow("not*base64");
   });
 
+  test("decodes URL-safe unpadded base64", () => {
+    const binary = Buffer.from([251, 255, 190, 1]);
+    const encoded = binary.toString("base64url");
+    const bytes = renderSecret({ blob: encoded }, { format: "raw", field: "blob", encoding: "base64" });
+    expect(encoded).not.toContain("=");
+    expect(Buffer.from(bytes).equals(binary)).toBe(true);
+  });
+
+  test("rejects base64 decoding of a non-string field", () => {
+    expect(() => renderSecret({ port: 5432 }, { format: "raw", field: "port", encoding: "base64" })).toThrow("is not a string");
+  });
+
+  test("rejects env fields that would change the sourcing shell", () => {
+    for (const key of ["path", "IFS", "ld_preload", "BASH_ENV"]) {
+      expect(() => renderSecret({ [key]: "x" }, { format: "env", encoding: "utf8" })).toThrow("changes how a shell that sources the file runs");
+    }
+  });
+
+  test("rejects a NUL in an env value without echoing it", () => {
+    const call = () => renderSecret({ token: "se\0cret-value" }, { format: "env", encoding: "utf8" });
+    expect(call).toThrow('field "token" contains a NUL character');
+    expect(call).not.toThrow("cret-value");
+  });
+
   test("writes a non-string field as JSON", () => {
     expect(text(renderSecret({ port: 5432 }, { format: "raw", field: "port", encoding: "utf8" }))).toBe("5432");
   });

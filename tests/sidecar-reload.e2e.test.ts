@@ -124,7 +124,7 @@ const canSwitchUser = process.getuid?.() === 0 && existsSync("/usr/bin/setpriv")
 
 test.skipIf(!canSwitchUser)("sidecar reports a target it may not signal", async () => {
   const { dir, out, file, app } = scenario("denied");
-  // mkdtemp makes the work directory 0700; nobody must reach the output directory inside it.
+  // mkdtemp makes the work directory 0700, but user 65534 must reach the output directory inside it.
   chmodSync(work, 0o755);
   chmodSync(dir, 0o755);
   chownSync(out, NOBODY, NOBODY);
@@ -133,7 +133,7 @@ test.skipIf(!canSwitchUser)("sidecar reports a target it may not signal", async 
   chownSync(home, NOBODY, NOBODY);
   await put("rl/denied", 1);
 
-  // The application runs as root, the sidecar as nobody: signals are not permitted.
+  // The application runs as root, the sidecar as user 65534: signals are not permitted.
   const target = await track(startApp(dir, app, join(dir, "app.log"), [file]));
   const sidecar = await track(
     startSidecar(env(out, "rl/denied", { RELOAD_TARGET: app, HOME: home }), {

@@ -70,7 +70,7 @@ async function putRevision(path: string, rev: number, server: DevServer = dev): 
   return Number(response.version);
 }
 
-/** Revision written into a file: `.json` holds the data, `.key` the key field, `.env` REV='n'. */
+/** Revision written into a file: `.json` contains the data, `.key` the key field, `.env` REV='n'. */
 function revisionOf(file: string, content: string | null): number {
   if (content === null) return -1;
   if (file.endsWith(".json")) return Number(JSON.parse(content).rev);
@@ -319,7 +319,7 @@ test("sidecar renews expired and revoked tokens, re-reading the token file", asy
     // Renewed before expiry: no request was sent with an expired token.
     expect(await scrapeTracked(sidecar)).not.toContain('status="401"');
 
-    // A revoked token answers 401 token_revoked: the sidecar exchanges again and goes on.
+    // A revoked token gets 401 token_revoked: the sidecar exchanges again and goes on.
     await api("POST", "/v1/dev/tokens/revoke-all", {}, shortLived);
     await putRevision("tok/db", 3, shortLived);
     await waitFor("revision 3 after revocation", () => onDisk() === 3);
@@ -440,7 +440,7 @@ test("sidecar logs and metrics hold no secret value or token", () => {
 
 // ---------------------------------------------------------------------------------------------
 
-/** A TCP relay to the dev server that can be closed (connections refused) and opened again on the same port. */
+/** Starts a TCP relay to the dev server that can be closed (connections refused) and opened again on the same port. */
 async function startProxy(targetPort: string): Promise<{ url: string; close(): Promise<void>; open(): Promise<void> }> {
   const sockets = new Set<Socket>();
   let server: Server | undefined;

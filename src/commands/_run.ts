@@ -21,12 +21,18 @@ export async function runAction(args: Record<string, unknown>, action: (context:
     format: pick(args["log-format"], env.LOG_FORMAT, ["json", "text"]) as LogFormat | undefined,
   });
 
+  // A closed pipe or a full disk behind stdout/stderr must not crash the process with a stack trace.
+  process.stdout.on("error", () => {});
+  process.stderr.on("error", () => {});
+
   const controller = new AbortController();
+  let stoppedBy: NodeJS.Signals | undefined;
   const onSignal = (name: NodeJS.Signals): void => {
     if (controller.signal.aborted) {
       log.warn("Second signal, exiting now", { signal: name });
       process.exit(130);
     }
+    stoppedBy = name;
     log.info("Received signal, shutting down", { signal: name });
     controller.abort(new AgentError("timeout", `Stopped by ${name}`));
   };
@@ -37,7 +43,8 @@ export async function runAction(args: Record<string, unknown>, action: (context:
   try {
     status = (await action({ signal: controller.signal, env })) ?? 0;
   } catch (error) {
-    status = exitCodeOf(error);
+    // A run cut short by a signal exits as the shell reports a signal: 128 + its number.
+    status = stoppedBy ? 128 + (stoppedBy === "SIGINT" ? 2 : 15) : exitCodeOf(error);
     log.error(error instanceof AgentError ? "Command failed" : "Unexpected failure", {
       ...errorFields(error),
       exitCode: status,
@@ -54,9 +61,12 @@ function pick(flag: unknown, env: string | undefined, allowed: string[]): string
   return value !== undefined && allowed.includes(value) ? value : undefined;
 }
 
+/** Waits until buffered output is written, for at most two seconds: a stuck pipe must not hold the exit. */
 function flushStreams(): Promise<void> {
-  return new Promise((resolve) => {
+  const flushed = new Promise<void>((resolve) => {
     if (process.stderr.writableLength === 0 && process.stdout.writableLength === 0) resolve();
     else process.stderr.write("", () => process.stdout.write("", () => resolve()));
   });
+  const limit = new Promise<void>((resolve) => setTimeout(resolve, 2000).unref?.());
+  return Promise.race([flushed, limit]);
 }

@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
 import { SETTINGS, settingsArgs } from "../options.ts";
-import { loadConnection } from "../config.ts";
+import { loadConnection, positiveDuration } from "../config.ts";
 import { connect } from "../connect.ts";
 import { AgentError } from "../errors.ts";
 import { secretPathProblem } from "../paths.ts";
@@ -18,6 +18,7 @@ export default defineCommand({
     field: { type: "string", description: "Print only the raw value of this field" },
     version: { type: "string", description: "Read this version instead of the current one" },
     format: { type: "string", description: "json (default) or env" },
+    timeout: { type: "string", description: "Deadline for the whole command, such as 30s (default: 30s)" },
     ...settingsArgs(SETTINGS.connection),
   },
   run: ({ args }) =>
@@ -26,15 +27,23 @@ export default defineCommand({
       const problem = secretPathProblem(path);
       if (problem) throw new AgentError("config", `Invalid secret path "${path}": ${problem}`);
 
-      const version = args.version === undefined ? undefined : Number(args.version);
-      if (version !== undefined && (!Number.isInteger(version) || version < 1)) {
-        throw new AgentError("config", `Invalid --version "${args.version}": write a version number of 1 or more`);
+      let version: number | undefined;
+      if (args.version !== undefined) {
+        if (!/^[1-9][0-9]{0,15}$/.test(String(args.version))) {
+          throw new AgentError("config", `Invalid --version "${args.version}": write a version number of 1 or more`);
+        }
+        version = Number(args.version);
       }
 
       const format = args.format ?? "json";
       if (format !== "json" && format !== "env") throw new AgentError("config", `Invalid --format "${format}": use json or env`);
+      if (args.field !== undefined && args.format !== undefined) {
+        throw new AgentError("config", "--field prints one raw value, so it cannot be combined with --format; drop one of them");
+      }
 
-      const client = connect(loadConnection(args, env), { signal });
+      const timeoutMs = positiveDuration(String(args.timeout ?? "30s"), "--timeout");
+      const deadline = AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]);
+      const client = connect(loadConnection(args, env), { signal: deadline });
       const secret = await client.getSecret(path, version);
 
       let bytes: Uint8Array;
@@ -44,6 +53,11 @@ export default defineCommand({
         if (!(error instanceof RenderError)) throw error;
         throw new AgentError("not_found", `Cannot print "${path}": ${error.message}`);
       }
-      await new Promise<void>((resolve) => process.stdout.write(bytes, () => resolve()));
+      await new Promise<void>((resolve, reject) =>
+        process.stdout.write(bytes, (error) => {
+          if (!error) resolve();
+          else reject(new AgentError("write", `Cannot write to standard output: ${(error as NodeJS.ErrnoException).code ?? error.message}`));
+        }),
+      );
     }),
 });

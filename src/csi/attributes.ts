@@ -27,18 +27,18 @@ export const POD_UID = "csi.storage.k8s.io/pod.uid";
 export const SERVICE_ACCOUNT_NAME = "csi.storage.k8s.io/serviceAccount.name";
 export const SERVICE_ACCOUNT_TOKENS = "csi.storage.k8s.io/serviceAccount.tokens";
 
-/** One entry of `objects`. */
+/** One entry of `objects`. Mounts of the same `objects` text share these, so they are read-only. */
 export interface MountObject {
   /** 0-based position in `objects`, for messages. */
-  index: number;
-  path: string;
+  readonly index: number;
+  readonly path: string;
   /** Relative file path in the volume; also the object's id in `object_version`. */
-  file: string;
-  field?: string;
-  mode?: number;
-  version?: number;
-  format: FileFormat;
-  encoding: FieldEncoding;
+  readonly file: string;
+  readonly field?: string;
+  readonly mode?: number;
+  readonly version?: number;
+  readonly format: FileFormat;
+  readonly encoding: FieldEncoding;
 }
 
 /** The pod whose volume is mounted, as the kubelet describes it. */
@@ -64,7 +64,7 @@ export interface MountSpec {
   baseUrl: string;
   audience: string;
   role?: string;
-  objects: MountObject[];
+  objects: readonly MountObject[];
   pod: PodInfo;
   /** The pod's projected token for `audience`. Never log it. */
   podToken: PodToken;
@@ -83,8 +83,15 @@ const OBJECT_KEYS = ["path", "file", "field", "mode", "version", "format", "enco
  *
  * @throws AgentError `config` whose message lists every problem with its object and fix.
  */
-export function parseMountAttributes(attributesJson: string, permission: string, allowedUrls: UrlRule[]): MountSpec {
+export function parseMountAttributes(attributesJson: string, permission: string, allowedUrls: UrlRule[], secretsJson = ""): MountSpec {
   const attributes = parseAttributeMap(attributesJson);
+  // NOTE: with `serviceAccountTokenInSecrets: true` on the CSIDriver (Kubernetes 1.35 and later),
+  // the kubelet sends the tokens as a secret rather than a volume attribute, so they are looked
+  // for in the request's secrets too. That this driver path forwards them there is untested.
+  if (attributes[SERVICE_ACCOUNT_TOKENS] === undefined && secretsJson.trim() !== "") {
+    const secrets = safeAttributeMap(secretsJson);
+    if (secrets?.[SERVICE_ACCOUNT_TOKENS] !== undefined) attributes[SERVICE_ACCOUNT_TOKENS] = secrets[SERVICE_ACCOUNT_TOKENS];
+  }
   const spc = attributes.secretProviderClass ?? "";
   const problems: string[] = [];
 
@@ -131,12 +138,38 @@ function parseAttributeMap(json: string): Record<string, string | undefined> {
   return map;
 }
 
+function safeAttributeMap(json: string): Record<string, string | undefined> | undefined {
+  try {
+    return parseAttributeMap(json);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Parsed `objects` parameters by their text, because rotation polls send the same text again and again. */
+const parsedObjects = new Map<string, { objects: MountObject[]; problems: string[] }>();
+const PARSED_OBJECTS_KEPT = 256;
+
 function parseObjects(text: string | undefined, problems: string[]): MountObject[] {
   if (text === undefined || text.trim() === "") {
     problems.push("parameter objects is missing: list the secrets as YAML, such as\n  - path: environments/production/billing/database\n    file: db.json");
     return [];
   }
 
+  let parsed = parsedObjects.get(text);
+  if (!parsed) {
+    const found: string[] = [];
+    parsed = { objects: parseObjectList(text, found), problems: found };
+    // Map iteration follows insertion order, so the first key is the oldest.
+    if (parsedObjects.size >= PARSED_OBJECTS_KEPT) parsedObjects.delete(parsedObjects.keys().next().value!);
+    parsedObjects.set(text, parsed);
+  }
+
+  problems.push(...parsed.problems);
+  return parsed.objects;
+}
+
+function parseObjectList(text: string, problems: string[]): MountObject[] {
   const document = parseDocument(text, { uniqueKeys: true });
   if (document.errors.length) {
     // The parser's first line names the problem and its position; the lines after it quote the source.

@@ -74,12 +74,16 @@ export class Mounter {
    */
   async mount(request: MountRequest, signal?: AbortSignal): Promise<MountResult> {
     const started = performance.now();
-    const spec = parseMountAttributes(request.attributes, request.permission, this.#options.allowedUrls);
+    const spec = parseMountAttributes(request.attributes, request.permission, this.#options.allowedUrls, request.secrets);
     const key = serviceAccountKey(spec, this.#options.tenantId);
 
-    const deadline = AbortSignal.timeout(this.#options.mountTimeoutMs ?? 30_000);
-    const mountSignal = signal ? AbortSignal.any([deadline, signal]) : deadline;
-    const client = this.#client(spec, key, mountSignal);
+    // A timer cleared when the mount ends, rather than AbortSignal.timeout, whose timer would
+    // keep this mount's objects alive for the whole timeout after it finished.
+    const controller = new AbortController();
+    const abort = () => controller.abort(signal?.reason);
+    const timer = setTimeout(() => controller.abort(new AgentError("timeout", "Mount timed out")), this.#options.mountTimeoutMs ?? 30_000);
+    signal?.addEventListener("abort", abort, { once: true });
+    const client = this.#client(spec, key, controller.signal);
 
     let secrets: ReadSecrets;
     try {
@@ -92,7 +96,11 @@ export class Mounter {
         serverCode: error.serverCode,
         requestId: error.requestId,
       });
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", abort);
     }
+
     const { files, versions, failures } = renderObjects(spec, secrets);
     if (failures.length) {
       for (const failure of failures) log.warn("Cannot mount object", { ...podFields(spec), path: failure.object.path, file: failure.object.file, ...errorFields(failure.error) });
@@ -171,7 +179,7 @@ interface ReadSecrets {
  * Reads every object: current versions with batch reads of up to 100 paths, pinned versions one
  * by one, at most `concurrency` requests at a time. Failures of a whole request throw.
  */
-async function readObjects(client: ScaiVaultClient, objects: MountObject[], concurrency: number): Promise<ReadSecrets> {
+async function readObjects(client: ScaiVaultClient, objects: readonly MountObject[], concurrency: number): Promise<ReadSecrets> {
   const result: ReadSecrets = { secrets: new Map(), errors: new Map() };
   const current = [...new Set(objects.filter((object) => object.version === undefined).map((object) => object.path))];
   const pinned = [...new Map(objects.filter((object) => object.version !== undefined).map((object) => [readKey(object), object])).values()];

@@ -5,7 +5,8 @@
 import { AgentError } from "../errors.ts";
 import { getLogger } from "../log.ts";
 import { createHealthApp, startHealthServer } from "../health.ts";
-import { createFetch, runtimeName, runtimeVersion, type HttpServer } from "../runtime.ts";
+import { setTimeout as startTimer } from "node:timers";
+import { collectGarbage, createFetch, runtimeName, runtimeVersion, type HttpServer } from "../runtime.ts";
 import { VERSION } from "../version.ts";
 import type { CsiConfig } from "./config.ts";
 import { createCsiMetrics } from "./metrics.ts";
@@ -16,6 +17,8 @@ const log = getLogger("csi");
 
 /** Room above the mount limit for the response's own framing, so the limit check is what trips. */
 const SEND_LIMIT_SLACK_BYTES = 64 * 1024;
+/** Time without a Mount after which the provider collects garbage. */
+const IDLE_COLLECT_MS = 5_000;
 
 export interface RunningProvider {
   /** The health server's URL, when it listens. */
@@ -65,6 +68,7 @@ export async function startCsiProvider(config: CsiConfig): Promise<RunningProvid
   }
 
   const active = mounter;
+  const collector = idleCollector(IDLE_COLLECT_MS);
   try {
     grpcServer = await startProviderServer({
       socketPath: config.socketPath,
@@ -76,6 +80,7 @@ export async function startCsiProvider(config: CsiConfig): Promise<RunningProvid
         metrics.mounts.inc({ result: status === "OK" ? "ok" : "error" });
         if (status !== "OK") metrics.mountErrors.inc({ code: status });
         metrics.mountSeconds.inc({}, durationMs / 1000);
+        collector.mountFinished();
       },
     });
   } catch (error) {
@@ -97,6 +102,7 @@ export async function startCsiProvider(config: CsiConfig): Promise<RunningProvid
     mounter: active,
     async stop() {
       stopping = true;
+      collector.stop();
       await server.stop();
       await health?.stop();
       log.info("CSI provider stopped", { mounts: metrics.mounts.get({ result: "ok" }), errors: metrics.mounts.get({ result: "error" }) });
@@ -113,4 +119,35 @@ export async function runCsiProvider(config: CsiConfig, signal: AbortSignal): Pr
     else signal.addEventListener("abort", () => resolve(), { once: true });
   });
   await provider.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Collects garbage once mounts have paused for `delayMs`. A burst of mounts (a node full of pods
+ * starting, a rotation poll) leaves freed memory that the runtime otherwise keeps until the next
+ * allocation pressure; a DaemonSet pod on every node should give it back.
+ */
+function idleCollector(delayMs: number): { mountFinished(): void; stop(): void } {
+  let timer: ReturnType<typeof startTimer> | undefined;
+
+  return {
+    mountFinished() {
+      // refresh() restarts a pending timer without allocating a new one on every mount.
+      if (timer) {
+        timer.refresh();
+        return;
+      }
+      timer = startTimer(function collectWhenIdle() {
+        timer = undefined;
+        collectGarbage();
+        log.debug("Collected garbage after mounts paused", { idleMs: delayMs });
+      }, delayMs);
+      timer.unref();
+    },
+    stop() {
+      if (timer) clearTimeout(timer);
+      timer = undefined;
+    },
+  };
 }

@@ -7,7 +7,8 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { chmod, lstat, mkdir, unlink } from "node:fs/promises";
-import { createServer } from "node:net";
+import { createServer, type Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { dirname } from "node:path";
 import { AgentError, type ErrorCode } from "../errors.ts";
 import { errorFields, getLogger } from "../log.ts";
@@ -82,21 +83,30 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
     "grpc.max_send_message_length": options.maxSendBytes,
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
   });
+  const calls = new CallTracker();
   server.addService(CSI_DRIVER_PROVIDER_SERVICE, {
     Version: function version(_call: grpc.ServerUnaryCall<unknown, VersionResponse>, callback: grpc.sendUnaryData<VersionResponse>) {
       callback(null, options.version);
     },
     Mount: function mount(call: grpc.ServerUnaryCall<MountRequest, Uint8Array>, callback: grpc.sendUnaryData<Uint8Array>) {
-      serveMount(call, callback, options);
+      if (calls.draining) {
+        callback({ code: grpc.status.UNAVAILABLE, details: "The ScaiVault provider is stopping; the driver retries the Mount" });
+        return;
+      }
+      calls.started();
+      serveMount(call, callback, options).finally(() => calls.finished());
     },
   });
 
   // The socket is ours, not grpc-js's, so that each connection passes the authority rewriter.
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const connections = new Set<{ socket: Socket; duplex: Duplex }>();
   const listener = createServer(function acceptConnection(socket) {
-    injector.injectConnection(
-      rewritingConnection(socket, (count) => log.debug("Rewrote a raw socket path in :authority", { count })),
-    );
+    const duplex = rewritingConnection(socket, (count) => log.debug("Rewrote a raw socket path in :authority", { count }));
+    const connection = { socket, duplex };
+    connections.add(connection);
+    socket.once("close", () => connections.delete(connection));
+    injector.injectConnection(duplex);
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -116,8 +126,13 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
     socketPath,
     stop(graceMs = 10_000) {
       stopping ??= (async () => {
+        // Some HTTP/2 servers (Bun's) close a session without waiting for its open streams, so
+        // the Mount calls in progress are awaited here before the gRPC server shuts down.
         listener.close();
-        await shutdown(server, graceMs);
+        const deadline = performance.now() + graceMs;
+        if (!(await calls.drain(graceMs))) log.warn("Mount calls still running after the grace period", { graceMs, calls: calls.active });
+        await flushConnections(connections, deadline);
+        await shutdown(server, Math.max(0, deadline - performance.now()));
         await removeOwnSocket(socketPath, ino);
         log.info("Provider stopped", { socket: socketPath });
       })();
@@ -149,16 +164,46 @@ export function grpcStatusFor(error: unknown): grpc.status {
 
 // ---------------------------------------------------------------------------------------------
 
+/** Counts Mount calls in progress, so that a stop can wait for them. */
+class CallTracker {
+  active = 0;
+  draining = false;
+  #idle: Array<() => void> = [];
+
+  started(): void {
+    this.active += 1;
+  }
+
+  finished(): void {
+    this.active -= 1;
+    if (this.active === 0) for (const resolve of this.#idle.splice(0)) resolve();
+  }
+
+  /** Rejects new calls from now on and resolves true once none runs, or false after `graceMs`. */
+  drain(graceMs: number): Promise<boolean> {
+    this.draining = true;
+    if (this.active === 0) return Promise.resolve(true);
+
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), graceMs);
+      this.#idle.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+}
+
 function serveMount(
   call: grpc.ServerUnaryCall<MountRequest, Uint8Array>,
   callback: grpc.sendUnaryData<Uint8Array>,
   options: ProviderServerOptions,
-): void {
+): Promise<void> {
   const started = performance.now();
   const controller = new AbortController();
   call.on("cancelled", () => controller.abort(new AgentError("timeout", "The driver cancelled the Mount call")));
 
-  options.mount(call.request, controller.signal).then(
+  return options.mount(call.request, controller.signal).then(
     (result) => {
       options.onMount?.("OK", performance.now() - started);
       callback(null, result.encoded);
@@ -180,6 +225,17 @@ function serveMount(
       callback({ code, details: "Internal error in the ScaiVault provider; see the provider's log" });
     },
   );
+}
+
+/**
+ * Waits until the responses of finished calls have left every connection, or until `deadline`.
+ * The HTTP/2 layer may write a response a few turns of the event loop after the handler returned.
+ */
+async function flushConnections(connections: Set<{ socket: Socket; duplex: Duplex }>, deadline: number): Promise<void> {
+  for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
+
+  const pending = () => [...connections].some(({ socket, duplex }) => duplex.writableLength > 0 || socket.writableLength > 0);
+  while (pending() && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
 async function prepareSocketPath(socketPath: string): Promise<void> {

@@ -14,7 +14,7 @@
  * credential of the engine carries, such as host and port). Role keys: `default_ttl`, `max_ttl`
  * (capped by the engine's), `creation_statements`, `revocation_statements`, `renew_statements`,
  * `data`. Statements may use `{{name}}` (the generated role name) and `{{expiration}}` (ISO time).
- * Messages never quote a connection URL, because it usually holds a password.
+ * Messages never quote a connection URL, because it usually contains a password.
  */
 import * as v from "valibot";
 import { AgentError } from "../errors.ts";

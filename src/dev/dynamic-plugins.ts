@@ -7,13 +7,13 @@
 import { randomBytes } from "node:crypto";
 import type { EngineConfig, RoleConfig } from "./dynamic-config.ts";
 
-/** A credential as a plugin created it. `data` holds the password and goes only into the generate response. */
+/** A credential as a plugin created it. Its `data` contains the password and goes only into the generate response. */
 export interface IssuedCredential {
   username: string;
   data: Record<string, unknown>;
 }
 
-/** What an engine's plugin does for its leases. Every method may throw; the store retries later. */
+/** Credential operations of an engine's plugin. Every method may throw, and the store retries later. */
 export interface CredentialPlugin {
   /** Creates a credential that stops working at `expiresAt` (epoch milliseconds) at the latest. */
   create(role: RoleConfig, expiresAt: number): Promise<IssuedCredential>;

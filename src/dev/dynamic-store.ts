@@ -45,7 +45,7 @@ export interface DynamicStoreOptions {
   expiryRetryMs?: number;
 }
 
-/** Longest timer delay that setTimeout keeps (2^31 - 1 ms, about 24.8 days). */
+/** Maximum delay of setTimeout (2^31 - 1 ms, about 24.8 days). */
 const MAX_TIMER_MS = 2_147_483_647;
 
 export class DynamicStore {
@@ -175,7 +175,7 @@ export class DynamicStore {
     return this.#body(lease);
   }
 
-  /** Every lease that has not been revoked or expired. */
+  /** Returns every lease that has not been revoked or expired. */
   list(): LeaseSummary[] {
     return [...this.#leases.values()].map((lease) => ({
       leaseId: lease.id,
@@ -203,7 +203,9 @@ export class DynamicStore {
     if (leases.length) this.#log.info("revoking dynamic leases at stop", { leases: leases.length });
 
     const revokes = Promise.allSettled(leases.map((lease) => this.#serialize(lease, () => this.#revokeAtSource(lease, "revoked at stop"))));
-    await Promise.race([revokes, new Promise((resolve) => setTimeout(resolve, timeoutMs))]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([revokes, new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
+    clearTimeout(timer);
 
     for (const plugin of this.#plugins.values()) {
       await plugin.then((ready) => ready.close()).catch((error) => this.#log.warn("cannot close credential plugin", errorFields(error)));
@@ -256,7 +258,7 @@ export class DynamicStore {
     }).catch(() => {});
   }
 
-  /** Removes the credential at the source and forgets the lease; logs and rethrows a failure. */
+  /** Removes the credential at the source, then deletes the lease. A failure is logged and rethrown. */
   async #revokeAtSource(lease: StoredLease, reason: string): Promise<void> {
     try {
       await (await this.#plugin(lease.engine)).revoke(lease.role, lease.username);

@@ -1,7 +1,7 @@
 /**
  * The `postgresql` credential plugin of the dev server: one real login role per lease on the
- * server of the engine's `connection_url`, which needs an admin that may create roles (and, to
- * end the sessions of a revoked role, superuser or pg_signal_backend).
+ * server of the engine's `connection_url`. Its admin needs CREATEROLE. To end the sessions of a
+ * revoked role it also needs superuser or membership in pg_signal_backend.
  *
  * - create: `CREATE ROLE ... LOGIN PASSWORD ... VALID UNTIL <expiry>`, then the role's
  *   `creation_statements`, in one transaction. The password is sent as a SCRAM-SHA-256 verifier

@@ -24,6 +24,7 @@ import { faultMiddleware, FaultInjector } from "./faults.ts";
 import { createJwtVerifier } from "./jwt.ts";
 import { AccessPolicy } from "./policy.ts";
 import { RateLimiter, setRateLimitHeaders, type RateLimitCategory } from "./ratelimit.ts";
+import { limitBodySize, MAX_BODY_BYTES, rejectEncodedPath } from "./request-guards.ts";
 import { registerScaiKeyRoutes } from "./scaikey.ts";
 import { registerSecretRoutes } from "./secrets.ts";
 import { SecretStore } from "./state.ts";
@@ -139,8 +140,11 @@ export function createDevApp(options: DevServerOptions = {}): DevApplication {
   const app: DevApp = new Hono<DevEnv>();
 
   app.use("*", trackRequest(context));
+  app.use("*", rejectEncodedPath());
   app.use("*", faultMiddleware(state.faults, state.stopped));
   app.use("*", authenticate(state));
+  // After authentication, so that a request without a valid token has no body read at all.
+  app.use("*", limitBodySize());
   for (const register of [...BUILTIN_ROUTES, ...(options.routes ?? [])]) register(app, context);
 
   app.notFound((c) => {
@@ -185,7 +189,9 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
   const logger = dev.context.logger;
   await dev.ready();
 
-  const http = await serveHttp(dev.app.fetch, { hostname: host, port, tls: options.tls }).catch((error: unknown) => {
+  // Bun's own limit (128 MB by default) answers a bare 413 before the app runs, so it is set
+  // above the app's limits: then every body that is too large gets the error envelope.
+  const http = await serveHttp(dev.app.fetch, { hostname: host, port, tls: options.tls, maxRequestBodySize: MAX_BODY_BYTES * 64 }).catch((error: unknown) => {
     throw new AgentError("config", `Cannot listen on ${host}:${port}: ${(error as Error).message}`, { cause: error });
   });
 
