@@ -15,7 +15,7 @@ export const ROOT = resolve(import.meta.dirname, "..");
 export const BINARY = join(ROOT, "dist/scaivault-agent");
 export const ROOT_TOKEN = "bench-root-token";
 
-/** A scratch directory on tmpfs where there is one. */
+/** Creates a scratch directory, on tmpfs where there is one. */
 export function workDir(prefix: string): string {
   return mkdtempSync(join(existsSync("/dev/shm") ? "/dev/shm" : tmpdir(), prefix));
 }
@@ -58,7 +58,7 @@ export async function startProviderProcess(work: string, devUrl: string): Promis
   return { socket, child };
 }
 
-/** A Mount client on `socket`. */
+/** Connects a Version and Mount client to `socket`. */
 export function mountClient(socket: string): { version(): Promise<VersionResponse>; mount(attributes: string): Promise<MountResponse>; close(): void } {
   const Client = grpc.makeGenericClientConstructor(CSI_DRIVER_PROVIDER_SERVICE, "CSIDriverProvider");
   const client = new Client(`unix://${socket}`, grpc.credentials.createInsecure(), { "grpc.max_receive_message_length": 8 * 1024 * 1024 }) as grpc.Client &

@@ -2,7 +2,7 @@
  * Resident memory of the compiled CSI provider over rounds of 10,000 mounts: 50 pods of 5 service
  * accounts, 10 objects each, 16 mounts at a time, as a driver's rotation polls across a busy node
  * would send them. The baseline is VmRSS (from /proc) after 5,000 warm-up mounts and 15 s without
- * mounts; each round ends with the same 15 s pause before VmRSS is read again. Also counts the
+ * mounts. Each round ends with the same 15 s pause before VmRSS is read again. Also counts the
  * ScaiVault requests. Run `bun run build` first, then `bun bench/csi-memory.ts [mounts per round] [rounds]`.
  */
 import { rmSync } from "node:fs";

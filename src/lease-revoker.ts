@@ -14,9 +14,6 @@ import { errorFields, getLogger } from "./log.ts";
 
 const log = getLogger("leases");
 
-/** A retired lease this close to its expiry is left to expire instead of revoked. */
-const EXPIRY_SLACK_MS = 1000;
-
 /** Upper bound of one revocation while running; stop() sets its own. */
 const REVOKE_TIMEOUT_MS = 15_000;
 
@@ -55,13 +52,6 @@ export class LeaseRevoker {
     clearTimeout(this.#entries.get(record.leaseId)?.timer);
     this.#entries.set(record.leaseId, entry);
     if (this.#timersOn) this.#schedule(entry);
-  }
-
-  /** Takes `record` back as the current lease, after its replacement failed. */
-  unretire(record: LeaseRecord): void {
-    clearTimeout(this.#entries.get(record.leaseId)?.timer);
-    this.#entries.delete(record.leaseId);
-    record.state = "active";
   }
 
   /** Returns the retired leases not yet revoked. */
@@ -115,14 +105,15 @@ export class LeaseRevoker {
     clearTimeout(entry.timer);
     entry.timer = setTimeout(() => {
       entry.timer = undefined;
-      if (entry.record.expiresAt - Date.now() < EXPIRY_SLACK_MS) return void this.#dropExpired(entry);
+      // A lease that expired before its grace period ended needs no request: the server ended it.
+      if (entry.record.expiresAt <= Date.now()) return void this.#dropExpired(entry);
 
       const signal = AbortSignal.any([this.#options.signal(), AbortSignal.timeout(REVOKE_TIMEOUT_MS)]);
       void this.#revoke(entry, signal, true);
     }, Math.max(0, entry.revokeAt - Date.now()));
   }
 
-  /** Forgets a lease that expires now: the server ends it by itself, so no request is needed. */
+  /** Drops an expired lease from the retired ones, without a request. */
   async #dropExpired(entry: Entry): Promise<void> {
     this.#entries.delete(entry.record.leaseId);
     this.#options.metrics.revocations.inc({ result: "expired" });

@@ -119,19 +119,17 @@ export class LeaseManager {
     log.info("Starting leases", { leases: this.#slots.length, stateFile: this.store.path, renew });
 
     const records = await this.store.load();
-    const claimed = new Set<string>();
+    const adopted = new Set<string>();
     const written: string[] = [];
     const failures: AgentError[] = [];
 
     await Promise.all(
       this.#slots.map(async (slot) => {
-        const { engine, role } = slot.target.mapping;
-        const record = records.find(
-          (entry) => entry.state === "active" && entry.file === slot.target.file && entry.engine === engine && entry.role === role && !claimed.has(entry.leaseId),
-        );
-        if (record) claimed.add(record.leaseId);
-        if (record && (await this.#adopt(slot, record))) return;
-        if (record) claimed.delete(record.leaseId);
+        const record = await this.#recordOf(slot, records);
+        if (record && (await this.#adopt(slot, record))) {
+          adopted.add(record.leaseId);
+          return;
+        }
 
         try {
           await this.#generate(slot, "start");
@@ -145,7 +143,7 @@ export class LeaseManager {
     );
 
     // Recorded leases that no line adopted are revoked: a changed line, a mismatched file, an expired lease.
-    for (const record of records) if (!claimed.has(record.leaseId)) this.#revoker.retire(record, Date.now());
+    for (const record of records) if (!adopted.has(record.leaseId)) this.#revoker.retire(record, Date.now());
     await this.#persist();
 
     if (failures.length) throw failures[0]!;
@@ -181,8 +179,9 @@ export class LeaseManager {
     this.#controller.abort(new AgentError("timeout", "Leases are stopping"));
 
     for (const slot of this.#slots) {
-      if (slot.lease) this.#revoker.retire(slot.lease, Date.now());
+      for (const lease of [slot.lease, slot.pending]) if (lease) this.#revoker.retire(lease, Date.now());
       slot.lease = undefined;
+      slot.pending = undefined;
     }
 
     const summary = await this.#revoker.revokeAll(Math.max(500, timeoutMs - (Date.now() - started)));
@@ -190,14 +189,25 @@ export class LeaseManager {
     return summary;
   }
 
+  /**
+   * Returns the recorded active lease of `slot` whose credential its file contains, or undefined.
+   * A crash between recording a new lease and writing its file leaves two candidates; the file decides.
+   */
+  async #recordOf(slot: Slot, records: LeaseRecord[]): Promise<LeaseRecord | undefined> {
+    const { engine, role } = slot.target.mapping;
+    const candidates = records.filter((entry) => entry.state === "active" && entry.file === slot.target.file && entry.engine === engine && entry.role === role);
+    if (candidates.length === 0) return undefined;
+
+    const current = await readIfExists(slot.target.file).catch(() => undefined);
+    const sha = current ? sha256Hex(current.bytes) : undefined;
+    const match = candidates.find((entry) => entry.fileSha256 === sha);
+    if (!match) log.info("Recorded lease does not match its file: generating a new one", { leaseIds: candidates.map((entry) => entry.leaseId), file: slot.target.file });
+    return match;
+  }
+
   async #adopt(slot: Slot, record: LeaseRecord): Promise<boolean> {
     const fields = { leaseId: record.leaseId, file: record.file, generatedBy: record.generatedBy };
 
-    const current = await readIfExists(slot.target.file).catch(() => undefined);
-    if (!current || sha256Hex(current.bytes) !== record.fileSha256) {
-      log.info("Recorded lease does not match its file: generating a new one", fields);
-      return false;
-    }
     if (record.expiresAt <= Date.now()) {
       log.info("Recorded lease has expired: generating a new one", fields);
       return false;
@@ -259,20 +269,24 @@ export class LeaseManager {
     }
     record.fileSha256 = sha256Hex(bytes);
 
-    const previous = slot.lease;
-    slot.lease = record;
-    if (previous) this.#revoker.retire(previous, Math.min(Date.now() + (this.#options.revokeGraceMs ?? 30_000), previous.expiresAt));
+    // Recorded before the file is written, so that a crash in between leaks no lease.
+    slot.pending = record;
     await this.#persist();
 
     try {
       await writeFileAtomic(file, bytes, { mode: slot.target.mode, layout: this.#options.output.layout });
     } catch (error) {
-      slot.lease = previous;
-      if (previous) this.#revoker.unretire(previous);
+      slot.pending = undefined;
       this.#revoker.retire(record, Date.now());
       await this.#persist();
       throw error;
     }
+
+    const previous = slot.lease;
+    slot.lease = record;
+    slot.pending = undefined;
+    if (previous) this.#revoker.retire(previous, Math.min(Date.now() + (this.#options.revokeGraceMs ?? 30_000), previous.expiresAt));
+    await this.#persist();
 
     if (mapping.ttlMs !== undefined && lease.durationMs < mapping.ttlMs) {
       log.info("The server granted a shorter TTL than asked; renewals ask for the granted TTL", { leaseId: record.leaseId, file, grantedSeconds: lease.durationMs / 1000 });
@@ -414,7 +428,7 @@ export class LeaseManager {
   }
 
   #records(): LeaseRecord[] {
-    const current = this.#slots.flatMap((slot) => (slot.lease ? [slot.lease] : []));
+    const current = this.#slots.flatMap((slot) => [slot.lease, slot.pending].filter((lease): lease is LeaseRecord => lease !== undefined));
     return [...current, ...this.#revoker.retired()];
   }
 
@@ -450,7 +464,10 @@ export class LeaseManager {
 
 interface Slot {
   target: FileTarget<DynamicMapping>;
+  /** The lease whose credential the file contains. */
   lease?: LeaseRecord;
+  /** A generated lease whose file is being written. */
+  pending?: LeaseRecord;
   action: "renew" | "replace";
   reason?: GenerateReason;
   dueAt?: number;

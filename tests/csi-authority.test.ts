@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import http2 from "node:http2";
 import { connect, type Socket } from "node:net";
 import { HUFFMAN_CODES, HUFFMAN_LENGTHS } from "../src/csi/_huffman.ts";
-import { AuthorityRewriter, rewriteHeaderBlock } from "../src/csi/authority.ts";
+import { AuthorityRewriter } from "../src/csi/authority.ts";
+import { rewriteHeaderBlock } from "../src/csi/hpack.ts";
 import { decodeVersionResponse, encodeVersionRequest } from "../src/csi/proto.ts";
 import { startProviderFixture, type ProviderFixture } from "./helpers/csi.ts";
 
@@ -162,7 +163,7 @@ async function callVersion(socketPath: string, authority: string): Promise<{ sta
   }
 }
 
-/** A request header block as grpc-go 1.33 writes it: `:authority` with the static name index. */
+/** Returns a request header block as grpc-go 1.33 writes it: `:authority` with the static name index. */
 function requestBlock(authority: string, options: { huffman: boolean }): Uint8Array {
   return Uint8Array.from([
     0x83, // :method POST

@@ -1,8 +1,8 @@
 /**
  * The CSI provider through a real @grpc/grpc-js client on its unix socket, against the real dev
- * server on 127.0.0.1: the guide's SecretProviderClass, object versions across rotation, modes,
- * pinned versions, batch reads, the token cache under 200 concurrent mounts, the response limit,
- * metrics, and a final scan of logs and metrics for secret values and tokens.
+ * server on 127.0.0.1. Covered: the guide's SecretProviderClass, object versions across rotation,
+ * modes, pinned versions, batch reads, the token cache under 200 concurrent mounts, the response
+ * limit and metrics. A final test scans logs and metrics for secret values and tokens.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { parseAllowedUrls } from "../src/csi/allowed-urls.ts";

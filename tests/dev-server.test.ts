@@ -5,10 +5,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { configureLogging } from "../src/log.ts";
 import { createDevApp, startDevServer, type DevServer, type DevServerOptions } from "../src/dev/server.ts";
 import { matchGlob } from "../src/dev/glob.ts";
+import { TokenStore } from "../src/dev/tokens.ts";
 import { makeJwt, makeKeyPair, serviceAccountClaims } from "./helpers/jwt.ts";
 import { spawnCli } from "./helpers/cli.ts";
 
@@ -85,6 +87,78 @@ function expectError(reply: Reply, status: number, code: string): void {
   expect(reply.body.error.code).toBe(code);
   expect(typeof reply.body.error.message).toBe("string");
   expect(reply.body.error.request_id).toBe(reply.headers.get("x-request-id")!);
+}
+
+/**
+ * Sends one HTTP/1.1 request over a raw socket, so that a test controls the framing: a
+ * `Content-Length` larger than the bytes sent, or a chunked body. It writes up to `bytes` body
+ * bytes, stops writing as soon as the response arrives, and waits at most 15 s for it.
+ */
+async function rawRequest(
+  server: DevServer,
+  method: string,
+  path: string,
+  options: { contentLength?: number; chunked?: boolean; bytes: number; token?: string },
+): Promise<Reply & { sentBytes: number }> {
+  const socket = connect(server.port, "127.0.0.1");
+  // The server may reset the connection after it answered; that is not a failure here.
+  socket.on("error", () => {});
+  let received = Buffer.alloc(0);
+  let sentBytes = 0;
+  let settled = false;
+
+  const answered = new Promise<Reply>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`No response within 15 s after ${sentBytes} body bytes`)), 15_000);
+    socket.on("data", (data: Buffer) => {
+      received = Buffer.concat([received, data]);
+      const reply = parseRawResponse(received);
+      if (reply) {
+        clearTimeout(timer);
+        resolve(reply);
+      }
+    });
+    socket.on("close", () => {
+      clearTimeout(timer);
+      reject(new Error(`Connection closed without a full response after ${sentBytes} body bytes`));
+    });
+  });
+  answered.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+
+  try {
+    await new Promise((resolve) => socket.once("connect", resolve));
+    const framing = options.chunked ? "Transfer-Encoding: chunked" : `Content-Length: ${options.contentLength}`;
+    const auth = options.token ? `Authorization: Bearer ${options.token}\r\n` : "";
+    socket.write(`${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n${auth}${framing}\r\n\r\n`);
+
+    const chunk = Buffer.alloc(Math.min(64 * 1024, options.bytes), "a");
+    while (!settled && sentBytes < options.bytes) {
+      const framed = options.chunked ? Buffer.concat([Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from("\r\n")]) : chunk;
+      sentBytes += chunk.length;
+      if (!socket.write(framed)) {
+        await Promise.race([new Promise((resolve) => socket.once("drain", resolve)), answered.catch(() => {}), sleep(5000)]);
+      }
+    }
+    return { ...(await answered), sentBytes };
+  } finally {
+    socket.destroy();
+  }
+}
+
+/** Parses a complete response with a `Content-Length` body, or returns undefined while it is incomplete. */
+function parseRawResponse(buffer: Buffer): Reply | undefined {
+  const end = buffer.indexOf("\r\n\r\n");
+  if (end === -1) return undefined;
+
+  const [statusLine, ...lines] = buffer.subarray(0, end).toString("latin1").split("\r\n");
+  const headers = new Headers(lines.map((line) => [line.slice(0, line.indexOf(":")), line.slice(line.indexOf(":") + 1).trim()] as [string, string]));
+  const length = Number(headers.get("content-length") ?? 0);
+  if (buffer.length < end + 4 + length) return undefined;
+
+  const text = buffer.subarray(end + 4, end + 4 + length).toString("utf8");
+  return { status: Number(statusLine!.split(" ")[1]), headers, body: text ? JSON.parse(text) : null };
 }
 
 const nowSeconds = (): number => Math.floor(Date.now() / 1000);
@@ -504,7 +578,8 @@ describe("access control", () => {
   test("exchange denies unlisted identities", async () => {
     expectError(await exchange(server, makeJwt(serviceAccountClaims("apps", "stranger"))), 403, "access_denied");
     expectError(await exchange(server, makeJwt(serviceAccountClaims("apps", "billing")), { role: "sa:unknown" }), 403, "access_denied");
-    expect((await exchange(server, makeJwt(serviceAccountClaims("apps", "other")), { role: "sa:billing" })).status).toBe(200);
+    expectError(await exchange(server, makeJwt(serviceAccountClaims("apps", "other")), { role: "sa:billing" }), 403, "access_denied");
+    expect((await exchange(server, makeJwt(serviceAccountClaims("apps", "billing")), { role: "sa:billing" })).status).toBe(200);
   });
 
   test("root token may read every path", async () => {
@@ -799,6 +874,323 @@ describe("faults", () => {
     expectError(await call(main, "POST", "/v1/dev/faults", { token, body: { status: 500 } }), 403, "access_denied");
     expectError(await call(main, "GET", "/v1/dev/stats", { token }), 403, "access_denied");
     expectError(await call(main, "POST", "/v1/dev/faults", { body: { status: 200 } }), 422, "validation_error");
+  });
+});
+
+describe("exchange roles", () => {
+  let server: DevServer;
+  let keys: ReturnType<typeof makeKeyPair>;
+
+  beforeAll(async () => {
+    keys = makeKeyPair("RS256");
+    const pemFile = join(scratch, "roles-public.pem");
+    writeFileSync(pemFile, keys.publicKeyPem);
+    server = await start({
+      jwtPublicKeyFile: pemFile,
+      seed: { "environments/production/billing/database": { password: "billing-role-password" } },
+      config: {
+        identities: {
+          "sa:billing": { read: ["environments/production/billing/**"], write: [] },
+          "sa:frontend": { read: ["environments/production/web/**"], write: [] },
+          "sa:reports": { read: ["environments/production/billing/**"], write: [], subjects: ["system:serviceaccount:web:frontend", "batch:nightly"] },
+        },
+      },
+    });
+  });
+
+  function signed(namespace: string, name: string): string {
+    return makeJwt(serviceAccountClaims(namespace, name), { key: keys.privateKey });
+  }
+
+  test("exchange rejects a role of another account", async () => {
+    const reply = await exchange(server, signed("web", "frontend"), { role: "sa:billing" });
+
+    expectError(reply, 403, "access_denied");
+    expect(reply.body.error.message).toContain('"sa:billing"');
+    expect(reply.body.error.message).toContain("system:serviceaccount:web:frontend");
+    expect(reply.body.error.details).toEqual({ role: "sa:billing", subject: "system:serviceaccount:web:frontend" });
+  });
+
+  test("exchange rejects a user role", async () => {
+    expectError(await exchange(server, signed("web", "frontend"), { role: "user:admin@corp" }), 403, "access_denied");
+  });
+
+  test("exchange accepts the account's own role", async () => {
+    const reply = await exchange(server, signed("web", "frontend"), { role: "sa:frontend" });
+
+    expect(reply.status).toBe(200);
+    expect(reply.body.identity_id).toBe("sa:frontend");
+    sensitive.push(reply.body.access_token);
+  });
+
+  test("exchange accepts a role listing the subject", async () => {
+    const full = await exchange(server, signed("web", "frontend"), { role: "sa:reports" });
+    const short = await exchange(server, signed("batch", "nightly"), { role: "sa:reports" });
+    const otherNamespace = await exchange(server, signed("batch", "frontend"), { role: "sa:reports" });
+    sensitive.push(full.body.access_token, short.body.access_token);
+
+    expect(full.status).toBe(200);
+    expect(full.body.identity_id).toBe("sa:reports");
+    expect(short.status).toBe(200);
+    expectError(otherNamespace, 403, "access_denied");
+    const secret = await call(server, "GET", "/v1/secrets/environments/production/billing/database", { token: full.body.access_token });
+    expect(secret.status).toBe(200);
+  });
+
+  test("denied role reads no secret", async () => {
+    const frontend = await exchange(server, signed("web", "frontend"));
+    sensitive.push(frontend.body.access_token);
+
+    expect(frontend.body.identity_id).toBe("sa:frontend");
+    const reply = await call(server, "GET", "/v1/secrets/environments/production/billing/database", { token: frontend.body.access_token });
+    expectError(reply, 403, "access_denied");
+  });
+
+  test("permissive exchange warns once per role", async () => {
+    const before = logLines.length;
+    const first = await exchange(main, makeJwt(serviceAccountClaims("web", "frontend")), { role: "user:admin@corp" });
+    const second = await exchange(main, makeJwt(serviceAccountClaims("web", "other")), { role: "user:admin@corp" });
+    sensitive.push(first.body.access_token, second.body.access_token);
+
+    expect(first.status).toBe(200);
+    expect(first.body.identity_id).toBe("user:admin@corp");
+    expect(second.status).toBe(200);
+    const warnings = logLines
+      .slice(before)
+      .map((line) => JSON.parse(line))
+      .filter((line) => line.level === "warn" && line.role === "user:admin@corp");
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0].msg).toContain("lists no identities");
+  });
+
+});
+
+describe("dev config", () => {
+  test.each([
+    ["a subject without namespace", { identities: { "sa:x": { subjects: ["frontend"] } } }, "invalid subject"],
+    ["a subject with spaces", { identities: { "sa:x": { subjects: ["web: frontend"] } } }, "invalid subject"],
+    ["subjects not an array", { identities: { "sa:x": { subjects: "web:frontend" } } }, "subjects"],
+    ["a client named constructor", { clients: { constructor: { secret: "s", identity: "sa:x" } } }, 'clients.constructor: the name "constructor" is reserved'],
+    ["an identity named __proto__", JSON.parse('{"identities": {"__proto__": {"read": []}}}'), "identities.__proto__"],
+    ["an engine named prototype", { engines: { prototype: { plugin: "static", roles: {} } } }, "engines.prototype"],
+    ["a role named constructor", { engines: { pg: { plugin: "static", roles: { constructor: {} } } } }, "engines.pg.roles.constructor"],
+  ])("dev config rejects %s", (_name, config, message) => {
+    expect(() => createDevApp({ config: config as DevServerOptions["config"] })).toThrow(message);
+  });
+});
+
+describe("oauth token endpoint", () => {
+  let server: DevServer;
+  const form = (fields: Record<string, string>) => ({
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ grant_type: "client_credentials", ...fields }),
+  });
+
+  beforeAll(async () => {
+    sensitive.push("ci-client-secret-1", "wrong-client-secret-2");
+    server = await start({ config: { clients: { "ci-client": { secret: "ci-client-secret-1", identity: "sa:ci" } } } });
+  });
+
+  async function token(init: RequestInit & { headers?: Record<string, string> }, target: DevServer = server): Promise<Reply> {
+    const response = await fetch(`${target.url}/oauth/token`, { ...init, signal: AbortSignal.timeout(10_000) });
+    const reply = { status: response.status, headers: response.headers, body: await response.json() };
+    if (reply.body.access_token) sensitive.push(reply.body.access_token);
+    return reply;
+  }
+
+  test("token endpoint issues for a configured client", async () => {
+    const byForm = await token(form({ client_id: "ci-client", client_secret: "ci-client-secret-1" }));
+    const byBasic = await token({ ...form({}), headers: { authorization: `Basic ${btoa("ci-client:ci-client-secret-1")}` } });
+
+    expect(byForm.status).toBe(200);
+    expect(byBasic.status).toBe(200);
+    expect((await call(server, "GET", "/v1/auth/whoami", { token: byForm.body.access_token })).body.identity_id).toBe("sa:ci");
+  });
+
+  test.each(["constructor", "__proto__", "toString", "hasOwnProperty", "valueOf"])("token endpoint rejects client id %s", async (clientId) => {
+    const bare = await start();
+
+    for (const target of [server, bare]) {
+      const reply = await token(form({ client_id: clientId }), target);
+      expect(reply.status).toBe(401);
+      expect(reply.body.error).toBe("invalid_client");
+      expect(reply.body.access_token).toBeUndefined();
+    }
+  });
+
+  test.each([
+    ["bad percent-encoding", btoa("%zz:x")],
+    ["bad percent-encoding in the secret", btoa("ci-client:%E0%A4%A")],
+    ["no colon", btoa("ci-client")],
+    ["not base64", "!!!not-base64!!!"],
+    ["invalid UTF-8", Buffer.from([0xff, 0xfe, 0x3a, 0x41]).toString("base64")],
+    ["empty", ""],
+  ])("token endpoint rejects a malformed Basic header: %s", async (_name, encoded) => {
+    const reply = await token({ ...form({}), headers: { authorization: `Basic ${encoded}` } });
+
+    expect(reply.status).toBe(401);
+    expect(reply.body.error).toBe("invalid_client");
+    expect(reply.headers.get("www-authenticate")).toStartWith("Basic");
+    expect(reply.headers.get("x-request-id")).toMatch(/^req_/);
+  });
+
+  test("token endpoint logs the id of a rejected client", async () => {
+    const before = logLines.length;
+    const reply = await token(form({ client_id: "ci-client", client_secret: "wrong-client-secret-2" }));
+    const lines = logLines.slice(before);
+    const rejected = lines.map((line) => JSON.parse(line)).find((line) => line.msg === "client credentials rejected");
+
+    expect(reply.status).toBe(401);
+    expect(rejected).toMatchObject({ level: "warn", clientId: "ci-client", reason: "wrong secret" });
+    expect(lines.join("\n")).not.toContain("wrong-client-secret-2");
+    expect(lines.join("\n")).not.toContain("ci-client-secret-1");
+  });
+});
+
+describe("prototype keys", () => {
+  test("batch returns secrets at prototype paths", async () => {
+    const server = await start({ seed: JSON.parse('{"__proto__": {"k": "proto-value"}, "constructor": {"k": "ctor-value"}}') });
+    const reply = await call(server, "POST", "/v1/secrets/batch", { body: { paths: ["__proto__", "constructor", "tostring", "hasownproperty"] } });
+
+    expect(reply.status).toBe(200);
+    expect(Object.hasOwn(reply.body.secrets, "__proto__")).toBe(true);
+    expect(reply.body.secrets["__proto__"].data).toEqual({ k: "proto-value" });
+    expect(Object.hasOwn(reply.body.secrets, "constructor")).toBe(true);
+    expect(reply.body.errors.tostring.code).toBe("secret_not_found");
+    expect(reply.body.errors.hasownproperty.code).toBe("secret_not_found");
+  });
+
+  test("batch reports a missing __proto__ path", async () => {
+    const reply = await call(main, "POST", "/v1/secrets/batch", { body: { paths: ["__proto__"] } });
+
+    expect(Object.keys(reply.body.secrets)).toEqual([]);
+    expect(Object.hasOwn(reply.body.errors, "__proto__")).toBe(true);
+    expect(reply.body.errors["__proto__"].code).toBe("secret_not_found");
+  });
+
+  test("secret at __proto__ reads and writes", async () => {
+    const server = await start();
+    const written = await call(server, "PUT", "/v1/secrets/__proto__", { body: '{"data": {"__proto__": "field-value", "constructor": "c"}}' });
+    const read = await call(server, "GET", "/v1/secrets/__proto__");
+
+    expect(written.status).toBe(200);
+    expect(read.body.path).toBe("__proto__");
+    expect(Object.hasOwn(read.body.data, "__proto__")).toBe(true);
+    expect(read.body.data["__proto__"]).toBe("field-value");
+    expect(read.body.data.constructor).toBe("c");
+  });
+});
+
+describe("request guards", () => {
+  test("secret get accepts any safe version", async () => {
+    for (const version of ["1000000000", "9007199254740991"]) {
+      const reply = await call(main, "GET", `/v1/secrets/apps/billing/db?version=${version}`);
+      expectError(reply, 404, "version_not_found");
+      expect(reply.body.error.details.version).toBe(Number(version));
+    }
+    for (const version of ["9007199254740992", "0", "01", "-1", "1.5", "1e3", ""]) {
+      expectError(await call(main, "GET", `/v1/secrets/apps/billing/db?version=${version}`), 400, "invalid_request");
+    }
+  });
+
+  test("secret path rejects percent-encoding", async () => {
+    const server = await start({ seed: { "nasty/env": { k: "v" }, "apps/billing/db": { k: "v" } } });
+
+    for (const path of ["nasty%2Fenv", "nasty%2fenv", "apps%2Fbilling%2Fdb", "%61pps/billing/db", "apps/billing/d%62", "nasty%252Fenv"]) {
+      const reply = await call(server, "GET", `/v1/secrets/${path}`);
+      expectError(reply, 400, "invalid_path");
+    }
+    expectError(await put(server, "other%2Fpath", { k: "v" }), 400, "invalid_path");
+    expectError(await call(server, "DELETE", "/v1/secrets/nasty%2Fenv"), 400, "invalid_path");
+    expectError(await call(server, "POST", "/v1/secrets/nasty%2Fenv/rotate"), 400, "invalid_path");
+    expect(server.state.secrets.paths()).toEqual(["apps/billing/db", "nasty/env"]);
+    expect((await call(server, "GET", "/v1/secrets/nasty/env")).body.version).toBe(1);
+  });
+
+  test("other routes reject percent-encoding", async () => {
+    const server = await start();
+
+    for (const path of ["/v1/dev%2Fstats", "/v1/%64ev/stats", "/v1/auth/who%61mi", "/v1/subscriptions/sub%5Fx/poll", "/v1/dynamic/engines/a%2Fb/creds/r"]) {
+      expectError(await call(server, "GET", path), 400, "invalid_path");
+    }
+    expectError(await call(server, "POST", "/v1/dynamic/engines/a%2Fb/creds/r"), 400, "invalid_path");
+
+    await call(server, "POST", "/v1/dev/faults", { body: { path_prefix: "/v1/nowhere", status: 503 } });
+    expectError(await call(server, "DELETE", "/v1/%64ev/faults"), 400, "invalid_path");
+    expect((await call(server, "GET", "/v1/dev/faults")).body.faults).toHaveLength(1);
+  });
+
+  test("exchange answers a 120 MB Content-Length at once", async () => {
+    const reply = await rawRequest(main, "POST", "/v1/auth/exchange", { contentLength: 120_000_000, bytes: 1024 });
+
+    expectError(reply, 413, "invalid_request");
+    expect(reply.body.error.details.max_bytes).toBe(4 * 1024 * 1024);
+    expect(reply.sentBytes).toBe(1024);
+  }, 30_000);
+
+  test("secret put answers a 200 MB Content-Length", async () => {
+    const reply = await rawRequest(main, "PUT", "/v1/secrets/apps/huge/body", { contentLength: 200_000_000, bytes: 1024, token: main.rootToken });
+
+    expectError(reply, 413, "invalid_request");
+    expect(reply.body.error.details.max_bytes).toBe(16 * 1024 * 1024);
+  }, 30_000);
+
+  test("exchange stops reading a chunked body", async () => {
+    const reply = await rawRequest(main, "POST", "/v1/auth/exchange", { chunked: true, bytes: 48 * 1024 * 1024 });
+
+    expectError(reply, 413, "invalid_request");
+    expect(reply.sentBytes).toBeLessThan(48 * 1024 * 1024);
+  }, 30_000);
+
+  test("body limits differ per route", async () => {
+    const server = await start();
+    const fiveMiB = JSON.stringify({ data: { blob: "x".repeat(5 * 1024 * 1024) } });
+    const seventeenMiB = JSON.stringify({ data: { blob: "x".repeat(17 * 1024 * 1024) } });
+
+    expect((await call(server, "PUT", "/v1/secrets/apps/five", { body: fiveMiB })).status).toBe(200);
+    expectError(await call(server, "PUT", "/v1/secrets/apps/seventeen", { body: seventeenMiB }), 413, "invalid_request");
+    expectError(await call(server, "POST", "/v1/auth/exchange", { token: null, body: fiveMiB }), 413, "invalid_request");
+    expectError(await call(server, "POST", "/v1/secrets/batch", { body: seventeenMiB }), 413, "invalid_request");
+    const oauth = await fetch(`${server.url}/oauth/token`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: `grant_type=client_credentials&client_id=${"x".repeat(5 * 1024 * 1024)}`,
+      signal: AbortSignal.timeout(10_000),
+    });
+    expect(oauth.status).toBe(413);
+    expect(((await oauth.json()) as any).error.request_id).toBe(oauth.headers.get("x-request-id")!);
+    expect(server.state.secrets.paths()).toEqual(["apps/five"]);
+  }, 30_000);
+
+  test("oversized body without a token gets 401", async () => {
+    const reply = await rawRequest(main, "PUT", "/v1/secrets/apps/huge/body", { contentLength: 200_000_000, bytes: 1024 });
+    expectError(reply, 401, "authentication_required");
+  }, 30_000);
+
+  test("poll rejects non-decimal bounds", async () => {
+    const created = await call(main, "POST", "/v1/subscriptions", { body: { paths: ["bounds/**"] } });
+    const id = created.body.id;
+
+    for (const query of ["timeout=1e3", "timeout=0x10", "timeout=Infinity", "timeout=-1", "timeout=1.5", "timeout=%205", "max_events=0", "max_events=1e2"]) {
+      const reply = await call(main, "GET", `/v1/subscriptions/${id}/poll?${query}`);
+      expectError(reply, 400, "invalid_request");
+    }
+    await put(main, "bounds/one", { k: "v" });
+    await put(main, "bounds/two", { k: "v" });
+    const huge = await call(main, "GET", `/v1/subscriptions/${id}/poll?timeout=${"9".repeat(30)}&max_events=${"9".repeat(400)}`);
+    expect(huge.status).toBe(200);
+    expect(huge.body.events).toHaveLength(2);
+  }, 30_000);
+
+  test("token store forgets the oldest past its cap", () => {
+    const store = new TokenStore({ rootToken: "root-token-cap", ttlSeconds: 60, now: Date.now, maxTokens: 2 });
+    const [first, second, third] = [store.issue("sa:a", "service_account"), store.issue("sa:b", "service_account"), store.issue("sa:c", "service_account")];
+
+    expect(() => store.resolve(first.token)).toThrow("not known");
+    expect(store.resolve(second.token).id).toBe("sa:b");
+    expect(store.resolve(third.token).id).toBe("sa:c");
+    expect(store.activeCount).toBe(2);
   });
 });
 

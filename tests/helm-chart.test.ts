@@ -1,8 +1,9 @@
 /**
- * The Helm chart secrets-store-csi-driver-scaivault without the helm binary: its YAML parses, its
- * templates render (tests/helpers/helm-template.ts) with the default values and with every optional
- * value set, and the rendered objects and the README's examples validate against the Kubernetes
- * schemas of the kubernetes-models package. The rendered settings must match the provider's own.
+ * The Helm chart secrets-store-csi-driver-scaivault, checked without the helm binary. Its YAML
+ * parses, and its templates render (tests/helpers/helm-template.ts) with the default values and
+ * with every optional value set. The rendered objects and the README's examples validate against
+ * the Kubernetes schemas of the kubernetes-models package, and the rendered settings match the
+ * provider's own.
  */
 import { describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";

@@ -121,7 +121,7 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     return process.lines.filter((line) => line.msg === message);
   }
 
-  test("sidecar credentials log in, read, and are dropped at SIGTERM", async () => {
+  test("sidecar login works until SIGTERM", async () => {
     const dir = caseDir();
     // The guide's line, with its absolute target placed under the case directory.
     const process = await sidecar(dir, "engine=postgres-prod role=readonly ttl=2h -> /run/secrets/db.json", {
@@ -141,7 +141,7 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     expect(JSON.parse(readFileSync(join(dir, "run/secrets", LEASE_STATE_FILE), "utf8")).leases).toEqual([]);
   }, 60_000);
 
-  test("renewal keeps user and file and sends no signal", async () => {
+  test("renewal keeps user, file, no signal", async () => {
     const dir = caseDir();
     const file = join(dir, "db.json");
     const process = await sidecar(dir, "engine=postgres-prod role=readonly ttl=3s -> db.json", { RELOAD_TARGET: "dbapp-renew" });
@@ -165,7 +165,7 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     await stop(process);
   }, 60_000);
 
-  test("max_ttl gives a new user, one signal, and drops the old user", async () => {
+  test("max_ttl swaps user with one signal", async () => {
     const dir = caseDir();
     const file = join(dir, "db.json");
     const process = await sidecar(dir, "engine=postgres-prod role=capped -> db.json", { RELOAD_TARGET: "dbapp-max" });
@@ -190,7 +190,7 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     await stop(process);
   }, 60_000);
 
-  test("restarted sidecar adopts its leases; SIGTERM revokes them all", async () => {
+  test("restart adopts, SIGTERM revokes all", async () => {
     const dir = caseDir();
     const lines = "engine=postgres-prod role=readonly -> a.json\nengine=postgres-prod role=readonly -> b.json";
     const first = await sidecar(dir, lines);
@@ -211,7 +211,7 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     for (const user of users) expect(roles).not.toContain(user);
   }, 60_000);
 
-  test("init lease is adopted by the sidecar, not doubled", async () => {
+  test("sidecar adopts init lease, no second", async () => {
     const dir = caseDir();
     const line = "engine=postgres-prod role=readonly ttl=1h -> db.json";
     const generated = server.state.stats.count(GENERATE_ROUTE);
@@ -255,7 +255,7 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     await stop(process);
   }, 60_000);
 
-  test("100 sidecar start and stop cycles leave no role and no lease", async () => {
+  test("100 start-stop cycles leave nothing", async () => {
     const dir = caseDir();
     const rolesBefore = await generatedRoles(cluster.sql);
     const leasesBefore = activeLeases().length;

@@ -1,6 +1,6 @@
 /**
- * Which ScaiVault base URLs a SecretProviderClass may name. The provider runs on every node with
- * the pods' tokens in hand, and the driver merges a pod's own volume attributes over the
+ * Rules for the ScaiVault base URLs that a SecretProviderClass may name. The provider runs on
+ * every node with the pods' tokens in hand, and the driver merges a pod's own volume attributes over the
  * SecretProviderClass parameters, so any pod author can choose `base_url`. Without a limit, a pod
  * could make the node's provider send its service-account token to any host, or probe the
  * node's network. `SCAIVAULT_ALLOWED_URLS` is that limit.

@@ -21,7 +21,7 @@ export const CSI_CONNECTION_SETTINGS = {
 export interface CsiConfig {
   socketPath: string;
   socketMode: number;
-  /** Where /healthz, /readyz and /metrics listen; undefined when HEALTH_ADDR is `off`. */
+  /** Listen address of /healthz, /readyz and /metrics; undefined when HEALTH_ADDR is `off`. */
   health?: { hostname: string; port: number };
   allowedUrls: UrlRule[];
   mountTimeoutMs: number;

@@ -41,7 +41,7 @@ export interface MounterOptions {
   metrics?: CsiMetrics;
 }
 
-/** A response over the size limit; the server answers it with RESOURCE_EXHAUSTED. */
+/** Error for a response over the size limit, which the server returns as RESOURCE_EXHAUSTED. */
 export class ResponseTooLargeError extends AgentError {
   constructor(message: string) {
     super("config", message);
@@ -169,7 +169,7 @@ export class Mounter {
 
 // ---------------------------------------------------------------------------------------------
 
-/** What was read for a mount: secrets by `path` or `path@version`, and errors by the same key. */
+/** Secrets read for a mount by `path` or `path@version`, and errors by the same key. */
 interface ReadSecrets {
   secrets: Map<string, Secret>;
   errors: Map<string, AgentError>;

@@ -126,7 +126,7 @@ export async function runCsiProvider(config: CsiConfig, signal: AbortSignal): Pr
 /**
  * Collects garbage once mounts have paused for `delayMs`. A burst of mounts (a node full of pods
  * starting, a rotation poll) leaves freed memory that the runtime otherwise keeps until the next
- * allocation pressure; a DaemonSet pod on every node should give it back.
+ * allocation pressure. A DaemonSet pod runs on every node, so it should give that memory back.
  */
 function idleCollector(delayMs: number): { mountFinished(): void; stop(): void } {
   let timer: ReturnType<typeof startTimer> | undefined;

@@ -115,8 +115,8 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
   });
   listener.on("error", (error) => log.error("Socket failed", { socket: socketPath, ...errorFields(error) }));
 
-  // NOTE: the socket exists with the process umask's mode until this chmod; the provider
-  // directory, writable by root only, is what keeps others out in that moment.
+  // NOTE: until this chmod the socket has the mode that the process umask gives it. In that
+  // moment only the provider directory, writable by root alone, keeps others out.
   await chmod(socketPath, options.socketMode ?? 0o600);
   const { ino } = await lstat(socketPath);
   log.info("Provider listening", { socket: socketPath, mode: (options.socketMode ?? 0o600).toString(8) });
@@ -141,7 +141,7 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
   };
 }
 
-/** Maps an agent error code to the gRPC status the driver sees. The driver retries UNAVAILABLE only. */
+/** Maps an agent error code to the gRPC status the driver receives. The driver retries UNAVAILABLE only. */
 export function grpcStatusFor(error: unknown): grpc.status {
   if (error instanceof ResponseTooLargeError) return grpc.status.RESOURCE_EXHAUSTED;
   if (!(error instanceof AgentError)) return grpc.status.INTERNAL;

@@ -42,10 +42,10 @@ export interface TokenCacheOptions {
  */
 export function serviceAccountKey(spec: MountSpec, tenantId = "", now = Date.now()): string {
   const { audience, pod, podToken } = spec;
-  const who = `pod "${pod.namespace}/${pod.name}"`;
+  const podLabel = `pod "${pod.namespace}/${pod.name}"`;
 
   if (podToken.expiresAt !== undefined && podToken.expiresAt <= now) {
-    throw expiredError(who, audience, podToken.expiresAt);
+    throw expiredError(podLabel, audience, podToken.expiresAt);
   }
 
   let claims: Record<string, unknown>;
@@ -59,14 +59,14 @@ export function serviceAccountKey(spec: MountSpec, tenantId = "", now = Date.now
     return JSON.stringify([spec.baseUrl, audience, spec.role ?? "", tenantId, "token", digest]);
   }
 
-  if (typeof claims.exp === "number" && claims.exp * 1000 <= now) throw expiredError(who, audience, claims.exp * 1000);
+  if (typeof claims.exp === "number" && claims.exp * 1000 <= now) throw expiredError(podLabel, audience, claims.exp * 1000);
 
   if (claims.aud !== undefined) {
     const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
     if (!audiences.includes(audience)) {
       throw new AgentError(
         "auth",
-        `The service-account token of ${who} is for the audience ${JSON.stringify(claims.aud)}, not "${audience}": ` +
+        `The service-account token of ${podLabel} is for the audience ${JSON.stringify(claims.aud)}, not "${audience}": ` +
           `set tokenRequests audience "${audience}" on the CSIDriver secrets-store.csi.k8s.io, or set the SecretProviderClass parameter audience to match`,
       );
     }
@@ -78,11 +78,11 @@ export function serviceAccountKey(spec: MountSpec, tenantId = "", now = Date.now
   if ((pod.namespace && namespace !== pod.namespace) || (pod.serviceAccountName && account !== pod.serviceAccountName)) {
     throw new AgentError(
       "auth",
-      `The service-account token of ${who} belongs to "${namespace}/${account}", not to the pod's service account "${pod.namespace}/${pod.serviceAccountName}"`,
+      `The service-account token of ${podLabel} belongs to "${namespace}/${account}", not to the pod's service account "${pod.namespace}/${pod.serviceAccountName}"`,
     );
   }
   if (!namespace || !account) {
-    throw new AgentError("auth", `Cannot tell the service account of ${who}: the token has no sub claim and the request no pod context; set podInfoOnMount: true on the CSIDriver`);
+    throw new AgentError("auth", `Cannot tell the service account of ${podLabel}: the token has no sub claim and the request no pod context; set podInfoOnMount: true on the CSIDriver`);
   }
 
   return JSON.stringify([spec.baseUrl, audience, spec.role ?? "", tenantId, namespace, account]);
@@ -176,10 +176,10 @@ export class ServiceAccountTokenCache {
 
 // ---------------------------------------------------------------------------------------------
 
-function expiredError(who: string, audience: string, expiresAt: number): AgentError {
+function expiredError(podLabel: string, audience: string, expiresAt: number): AgentError {
   return new AgentError(
     "auth",
-    `The service-account token of ${who} for audience "${audience}" expired at ${new Date(expiresAt).toISOString()}; ` +
+    `The service-account token of ${podLabel} for audience "${audience}" expired at ${new Date(expiresAt).toISOString()}; ` +
       "the kubelet sends a fresh one with the next mount, so check the node's clock if this repeats",
   );
 }

@@ -20,6 +20,14 @@ export const PUBLIC_ROUTES: ReadonlySet<string> = new Set([
 const JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt";
 const SERVICE_ACCOUNT_SUBJECT = /^system:serviceaccount:([^:]+):([^:]+)$/;
 const ROLE_PATTERN = /^[a-z][a-z0-9_-]*:[A-Za-z0-9._@-]{1,128}$/;
+const MAX_WARNED_ROLES = 1000;
+
+/** The `sub` of a service-account JWT and its two parts. */
+interface ServiceAccountSubject {
+  sub: string;
+  namespace: string;
+  name: string;
+}
 
 /**
  * Creates the middleware that resolves `Authorization: Bearer <token>` into `c.var.identity` on
@@ -42,9 +50,46 @@ export function authenticate(state: DevState): MiddlewareHandler<DevEnv> {
   };
 }
 
-/** Registers `POST /v1/auth/exchange` and `GET /v1/auth/whoami`. Whoami draws from the `whoami` bucket. */
+/**
+ * Registers `POST /v1/auth/exchange` and `GET /v1/auth/whoami`. Whoami draws from the `whoami` bucket.
+ *
+ * The exchange maps service account `NS:NAME` to identity `sa:NAME`. A requested `role` other than
+ * `sa:NAME` needs the subject in the dev config's `identities[role].subjects`; without
+ * `identities`, every role is granted and a warning is logged once per role.
+ */
 export function registerAuthRoutes(app: DevApp, context: DevContext): void {
   const { state, logger, audience, tokenTtlSeconds } = context;
+  const warnedRoles = new Set<string>();
+
+  /**
+   * Returns the identity that the exchange issues a token for.
+   *
+   * @throws ApiError `403 access_denied` naming the role and the subject when the config does not grant it.
+   */
+  function chooseIdentity(role: string | undefined, subject: ServiceAccountSubject, requestId: string): string {
+    const derived = `sa:${subject.name}`;
+    if (role === undefined || role === derived) return derived;
+
+    if (state.policy.restricted) {
+      if (state.policy.grantsRole(role, subject.namespace, subject.name)) return role;
+
+      logger.warn("exchange role rejected", { role, subject: subject.sub, requestId });
+      throw new ApiError(
+        403,
+        "access_denied",
+        `Role "${role}" is not granted to subject "${subject.sub}": list "${subject.namespace}:${subject.name}" in identities["${role}"].subjects of the dev config`,
+        { details: { role, subject: subject.sub } },
+      );
+    }
+
+    if (!warnedRoles.has(role)) {
+      // Bounded memory: past this many roles, the set starts again and roles may warn twice.
+      if (warnedRoles.size >= MAX_WARNED_ROLES) warnedRoles.clear();
+      warnedRoles.add(role);
+      logger.warn("exchange grants a requested role to any subject, because the dev config lists no identities", { role, subject: subject.sub, requestId });
+    }
+    return role;
+  }
 
   app.post("/v1/auth/exchange", async function exchangeToken(c) {
     const body = await readJsonObject(c);
@@ -69,8 +114,8 @@ export function registerAuthRoutes(app: DevApp, context: DevContext): void {
       throw new ApiError(403, "access_denied", "The subject token's sub is not a Kubernetes service account (system:serviceaccount:NAMESPACE:NAME)");
     }
 
-    const [, namespace, serviceAccount] = subject as unknown as [string, string, string];
-    const identityId = (role as string | undefined) ?? `sa:${serviceAccount}`;
+    const [sub, namespace, serviceAccount] = subject as unknown as [string, string, string];
+    const identityId = chooseIdentity(role as string | undefined, { sub, namespace, name: serviceAccount }, c.get("requestId"));
     if (!state.policy.knows(identityId)) {
       throw new ApiError(403, "access_denied", `Identity "${identityId}" is not listed in the dev config`, {
         details: { identity_id: identityId },

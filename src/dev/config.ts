@@ -8,10 +8,15 @@ import { AgentError } from "../errors.ts";
 import { secretPathProblem } from "../paths.ts";
 import { globProblem } from "./glob.ts";
 
-/** Path globs one identity may read and write. Write does not imply read. */
+/** Path globs one identity may read and write, and who may request it as a role. Write does not imply read. */
 export interface IdentityRules {
   read: string[];
   write: string[];
+  /**
+   * Service accounts that may request this identity as `role` in an exchange, as
+   * `system:serviceaccount:NS:NAME` or `NS:NAME`. Service account `NAME` always gets `sa:NAME`.
+   */
+  subjects?: string[];
 }
 
 /** The parsed dev config file. */
@@ -49,12 +54,25 @@ export type DevSeed = Record<string, Record<string, unknown>>;
  */
 export function parseDevConfig(value: unknown, source: string): DevConfig {
   const result = v.safeParse(DevConfigSchema, value);
+  const problems = isObject(value) ? [...reservedKeyProblems(value.identities, "identities"), ...reservedKeyProblems(value.clients, "clients")] : [];
 
   if (!result.success) {
-    const problems = result.issues.map((issue) => `${v.getDotPath(issue) ?? "(top level)"}: ${issue.message}`);
+    problems.push(...result.issues.map((issue) => `${v.getDotPath(issue) ?? "(top level)"}: ${issue.message}`));
+  }
+  if (problems.length > 0 || !result.success) {
     throw new AgentError("config", `Invalid dev config ${source}: ${problems.join("; ")}`);
   }
   return result.output;
+}
+
+/**
+ * Returns a problem for each key of the object `value` that valibot's `record` drops without an
+ * issue (`__proto__`, `prototype`, `constructor`), so that such an entry is rejected instead of
+ * silently missing. `where` names the object in the message, such as `clients`.
+ */
+export function reservedKeyProblems(value: unknown, where: string): string[] {
+  if (!isObject(value)) return [];
+  return RESERVED_KEYS.filter((key) => Object.hasOwn(value, key)).map((key) => `${where}.${key}: the name "${key}" is reserved, choose another`);
 }
 
 /**
@@ -107,9 +125,20 @@ const GlobSchema = v.pipe(
   ),
 );
 
+const RESERVED_KEYS = ["__proto__", "prototype", "constructor"] as const;
+
+const SubjectSchema = v.pipe(
+  v.string(),
+  v.regex(
+    /^(system:serviceaccount:)?[^:\s]+:[^:\s]+$/,
+    (issue) => `invalid subject "${String(issue.input)}": write system:serviceaccount:NAMESPACE:NAME or NAMESPACE:NAME`,
+  ),
+);
+
 const IdentityRulesSchema = v.strictObject({
   read: v.optional(v.array(GlobSchema), []),
   write: v.optional(v.array(GlobSchema), []),
+  subjects: v.optional(v.array(SubjectSchema), []),
 });
 
 const IdentityIdSchema = v.pipe(

@@ -19,6 +19,7 @@
 import * as v from "valibot";
 import { AgentError } from "../errors.ts";
 import { parseDuration } from "../duration.ts";
+import { reservedKeyProblems } from "./config.ts";
 
 export type PluginName = "postgresql" | "static";
 
@@ -60,9 +61,10 @@ export function parseEngines(value: unknown): Map<string, EngineConfig> {
   if (value === undefined) return engines;
 
   const result = v.safeParse(EnginesSchema, value);
-  if (!result.success) {
-    const problems = result.issues.map((issue) => `engines.${v.getDotPath(issue) ?? ""}: ${issue.message}`.replace(/\.:/, ":"));
-    throw new AgentError("config", `Invalid dev config: ${[...new Set(problems)].join("; ")}`);
+  const reserved = reservedEngineKeys(value);
+  if (!result.success || reserved.length > 0) {
+    const issues = result.success ? [] : result.issues.map((issue) => `engines.${v.getDotPath(issue) ?? ""}: ${issue.message}`.replace(/\.:/, ":"));
+    throw new AgentError("config", `Invalid dev config: ${[...new Set([...reserved, ...issues])].join("; ")}`);
   }
 
   const problems: string[] = [];
@@ -126,6 +128,27 @@ const EngineSchema = v.strictObject({
 });
 
 const EnginesSchema = v.record(v.string(), EngineSchema);
+
+/** Names that valibot's `record` would drop silently: engines, roles and `data` fields. */
+function reservedEngineKeys(engines: unknown): string[] {
+  const problems = reservedKeyProblems(engines, "engines");
+  if (!isRecord(engines)) return problems;
+
+  for (const [name, engine] of Object.entries(engines)) {
+    if (!isRecord(engine)) continue;
+    problems.push(...reservedKeyProblems(engine.roles, `engines.${name}.roles`), ...reservedKeyProblems(engine.data, `engines.${name}.data`));
+
+    if (!isRecord(engine.roles)) continue;
+    for (const [roleName, role] of Object.entries(engine.roles)) {
+      if (isRecord(role)) problems.push(...reservedKeyProblems(role.data, `engines.${name}.roles.${roleName}.data`));
+    }
+  }
+  return problems;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
 
 function duration(value: string, name: string, problems: string[]): number {
   try {

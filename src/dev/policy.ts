@@ -1,6 +1,7 @@
 /**
  * Access control from the dev config's `identities`: which identity may read and write which
- * paths. Without that key every authenticated identity may do everything. The root token always may.
+ * paths, and which service accounts may request it as a role. Without that key every
+ * authenticated identity may do everything. The root token always may.
  */
 import { ApiError } from "./api-error.ts";
 import type { DevConfig } from "./config.ts";
@@ -14,13 +15,21 @@ export class AccessPolicy {
   /** True when the config lists identities, so unlisted identities are denied. */
   readonly restricted: boolean;
   readonly #rules = new Map<string, Record<AccessAction, Array<(path: string) => boolean>>>();
+  /** Service accounts, as `NAMESPACE:NAME`, that may request each identity as a role. */
+  readonly #subjects = new Map<string, Set<string>>();
 
   constructor(config: DevConfig) {
     this.restricted = config.identities !== undefined;
 
     for (const [identityId, rules] of Object.entries(config.identities ?? {})) {
       this.#rules.set(identityId, { read: rules.read.map(compileGlob), write: rules.write.map(compileGlob) });
+      this.#subjects.set(identityId, new Set((rules.subjects ?? []).map((subject) => subject.replace(/^system:serviceaccount:/, ""))));
     }
+  }
+
+  /** Reports whether the config lets service account `namespace`/`name` request `identityId` as a role. */
+  grantsRole(identityId: string, namespace: string, name: string): boolean {
+    return this.#subjects.get(identityId)?.has(`${namespace}:${name}`) ?? false;
   }
 
   /** Reports whether `identityId` may hold a token at all. */

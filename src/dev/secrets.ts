@@ -25,8 +25,9 @@ export function registerSecretRoutes(app: DevApp, context: DevContext): void {
 
     const identity = c.get("identity")!;
     const { paths, failFast, includeMetadata } = parseBatchRequest(await readJsonObject(c));
-    const secrets: Record<string, unknown> = {};
-    const errors: Record<string, { code: string; message: string }> = {};
+    // Maps, so that a path such as `__proto__` is an entry like any other and not the prototype.
+    const secrets = new Map<string, unknown>();
+    const errors = new Map<string, { code: string; message: string }>();
 
     for (const path of paths) {
       try {
@@ -42,7 +43,7 @@ export function registerSecretRoutes(app: DevApp, context: DevContext): void {
         }
 
         const { data, version, secret_type, ...metadata } = secret;
-        secrets[path] = includeMetadata ? { data, version, secret_type, ...metadata } : { data, version, secret_type };
+        secrets.set(path, includeMetadata ? { data, version, secret_type, ...metadata } : { data, version, secret_type });
       } catch (error) {
         if (!(error instanceof ApiError)) throw error;
         if (failFast) {
@@ -51,11 +52,12 @@ export function registerSecretRoutes(app: DevApp, context: DevContext): void {
             retryAfter: error.retryAfter,
           });
         }
-        errors[path] = { code: error.code, message: error.message };
+        errors.set(path, { code: error.code, message: error.message });
       }
     }
 
-    return c.json({ secrets, errors });
+    // Object.fromEntries defines own properties, `__proto__` included, which JSON.stringify writes.
+    return c.json({ secrets: Object.fromEntries(secrets), errors: Object.fromEntries(errors) });
   });
 
   app.get("/v1/secrets/:path{.+}", function readSecret(c) {
@@ -150,8 +152,8 @@ function queryVersion(c: DevRequestContext): number | undefined {
   const text = c.req.query("version");
   if (text === undefined) return undefined;
 
-  if (!/^[1-9]\d{0,8}$/.test(text)) {
-    throw new ApiError(400, "invalid_request", `Invalid query parameter version: "${text}", expected a whole number >= 1`);
+  if (!/^[1-9]\d*$/.test(text) || !Number.isSafeInteger(Number(text))) {
+    throw new ApiError(400, "invalid_request", `Invalid query parameter version: "${text}", expected a whole number from 1 to ${Number.MAX_SAFE_INTEGER}`);
   }
   return Number(text);
 }

@@ -24,7 +24,7 @@ import { faultMiddleware, FaultInjector } from "./faults.ts";
 import { createJwtVerifier } from "./jwt.ts";
 import { AccessPolicy } from "./policy.ts";
 import { RateLimiter, setRateLimitHeaders, type RateLimitCategory } from "./ratelimit.ts";
-import { limitBodySize, MAX_BODY_BYTES, rejectEncodedPath } from "./request-guards.ts";
+import { limitBodySize, rejectEncodedPath } from "./request-guards.ts";
 import { registerScaiKeyRoutes } from "./scaikey.ts";
 import { registerSecretRoutes } from "./secrets.ts";
 import { SecretStore } from "./state.ts";
@@ -189,9 +189,10 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
   const logger = dev.context.logger;
   await dev.ready();
 
-  // Bun's own limit (128 MB by default) answers a bare 413 before the app runs, so it is set
-  // above the app's limits: then every body that is too large gets the error envelope.
-  const http = await serveHttp(dev.app.fetch, { hostname: host, port, tls: options.tls, maxRequestBodySize: MAX_BODY_BYTES * 64 }).catch((error: unknown) => {
+  // Bun's own limit (128 MB by default) answers a bare 413 before the app runs. It is lifted, so
+  // that the app's limit (limitBodySize, on every route) answers with the error envelope. Bun
+  // stops reading a body that the app leaves unread, so no body is buffered past that limit.
+  const http = await serveHttp(dev.app.fetch, { hostname: host, port, tls: options.tls, maxRequestBodySize: Number.MAX_SAFE_INTEGER }).catch((error: unknown) => {
     throw new AgentError("config", `Cannot listen on ${host}:${port}: ${(error as Error).message}`, { cause: error });
   });
 

@@ -8,8 +8,11 @@ import { globProblem } from "./glob.ts";
 import { enforceRateLimit } from "./ratelimit.ts";
 import { EVENT_TYPES, type EventType, type SubscriptionInput } from "./subscriptions.ts";
 
-/** Longest wait of one poll, in seconds. */
+/** Longest wait of one poll, in seconds; a larger `timeout` is lowered to it. */
 export const MAX_POLL_TIMEOUT_SECONDS = 60;
+
+/** Most events one poll returns; a larger `max_events` is lowered to it. */
+export const MAX_POLL_EVENTS = 1000;
 
 /**
  * Registers `POST /v1/subscriptions`, `GET /v1/subscriptions/{id}/poll`,
@@ -37,7 +40,7 @@ export function registerSubscriptionRoutes(app: DevApp, context: DevContext): vo
     requireOwnSubscription(c, state, id);
 
     const timeoutSeconds = Math.min(queryInteger(c, "timeout", 30, 0), MAX_POLL_TIMEOUT_SECONDS);
-    const maxEvents = Math.min(queryInteger(c, "max_events", 100, 1), 1000);
+    const maxEvents = Math.min(queryInteger(c, "max_events", 100, 1), MAX_POLL_EVENTS);
     const sinceEventId = c.req.query("since_event_id") || undefined;
     const deadline = Date.now() + timeoutSeconds * 1000;
     const signal = AbortSignal.any([c.req.raw.signal, state.stopped]);
@@ -143,9 +146,13 @@ function queryInteger(c: DevRequestContext, name: string, fallback: number, min:
   const text = c.req.query(name);
   if (text === undefined || text === "") return fallback;
 
-  const value = Number(text);
-  if (!Number.isInteger(value) || value < min) {
-    throw new ApiError(400, "invalid_request", `Invalid query parameter ${name}: "${text}", expected a whole number >= ${min}`);
+  // Digits only, because Number() also takes "1e3", "0x10", " 5" and "Infinity". A huge value may
+  // round or become Infinity, which is fine: the caller lowers it to its maximum.
+  const value = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+  if (Number.isNaN(value) || value < min) {
+    throw new ApiError(400, "invalid_request", `Invalid query parameter ${name}: "${text}", expected a whole number >= ${min}`, {
+      details: { parameter: name },
+    });
   }
   return value;
 }

@@ -13,17 +13,26 @@ export interface IssuedToken {
   expiresAt: number;
 }
 
-/** Every token the server has issued, kept after expiry and revocation to name the reason on use. */
+/** Tokens a `TokenStore` keeps by default. */
+export const MAX_STORED_TOKENS = 100_000;
+
+/**
+ * The tokens the server has issued, kept after expiry and revocation to name the reason on use.
+ * Past `maxTokens`, the oldest token is forgotten and then reads as `token_invalid`: every token
+ * has the same lifetime, so the oldest is the first to expire.
+ */
 export class TokenStore {
   readonly #rootToken: string;
   readonly #ttlMs: number;
   readonly #now: () => number;
+  readonly #maxTokens: number;
   readonly #tokens = new Map<string, IssuedToken & { revoked: boolean }>();
 
-  constructor(options: { rootToken: string; ttlSeconds: number; now: () => number }) {
+  constructor(options: { rootToken: string; ttlSeconds: number; now: () => number; /** @default MAX_STORED_TOKENS */ maxTokens?: number }) {
     this.#rootToken = options.rootToken;
     this.#ttlMs = options.ttlSeconds * 1000;
     this.#now = options.now;
+    this.#maxTokens = options.maxTokens ?? MAX_STORED_TOKENS;
   }
 
   /** Issues a new token for `identityId`, valid for the configured lifetime. */
@@ -34,6 +43,10 @@ export class TokenStore {
     const issued = { token, identity: { id: identityId, type, tokenExpiresAt: expiresAt }, issuedAt, expiresAt };
 
     this.#tokens.set(token, { ...issued, revoked: false });
+    if (this.#tokens.size > this.#maxTokens) {
+      const oldest = this.#tokens.keys().next().value;
+      if (oldest !== undefined) this.#tokens.delete(oldest);
+    }
     return issued;
   }
 

@@ -101,7 +101,7 @@ export function mountAttributes(options: PodOptions): string {
   return JSON.stringify(attributes);
 }
 
-/** A projected token of `namespace/name` for audience "scaivault", as the kubelet's tokenRequests entry carries it. */
+/** Returns a projected token of `namespace/name` for audience "scaivault", as the kubelet's tokenRequests entry carries it. */
 export function podToken(namespace: string, name: string, overrides: Record<string, unknown> = {}): { token: string; expirationTimestamp: string } {
   const claims = serviceAccountClaims(namespace, name, overrides);
   return { token: makeJwt(claims), expirationTimestamp: new Date((claims.exp as number) * 1000).toISOString() };

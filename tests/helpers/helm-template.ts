@@ -1,8 +1,8 @@
 /**
  * Renders Helm chart templates without the helm binary: the subset of Go's text/template and of
- * Helm's functions that deploy/helm/ uses. Actions with `{{-` and `-}}` trim whitespace; control
- * structures are if/else if/else, with/else, range and define; `$` is the root context; a pipeline
- * passes its value as the last argument of the next command. Functions: include, default, quote,
+ * Helm's functions that deploy/helm/ uses. Actions with `{{-` and `-}}` trim whitespace. The
+ * control structures are if/else if/else, with/else, range and define. `$` is the root context,
+ * and a pipeline passes its value as the last argument of the next command. Functions: include, default, quote,
  * toYaml, indent, nindent, trunc, trimSuffix, printf (%s, %v, %d), required, eq, ne, not, and, or.
  * Anything else throws, naming the template and the action, so a template cannot silently use
  * more than this renderer checks.
@@ -137,7 +137,9 @@ function evaluate(nodes: Node[], scope: Scope): string {
     else if (node.kind === "output") out += format(run(node.pipeline, scope));
     else if (node.kind === "range") {
       const value = run(node.pipeline, scope);
-      const items = Array.isArray(value) ? value : value && typeof value === "object" ? Object.values(value) : [];
+      let items: unknown[] = [];
+      if (Array.isArray(value)) items = value;
+      else if (value && typeof value === "object") items = Object.values(value);
       for (const item of items) out += evaluate(node.body, { ...scope, dot: item });
     } else {
       for (const branch of node.branches) {
