@@ -54,7 +54,7 @@ function detectRuntime(): { name: string; version: string } {
  * Serves `handler` on `hostname:port` (port 0 picks a free one), over HTTPS when `tls` contains a PEM
  * certificate chain and key. Long-polling handlers need idle connections kept open, so Bun's idle
  * timeout is raised to its maximum of 255 seconds. `maxRequestBodySize` sets Bun's own body limit in
- * bytes (128 MB by default), above which Bun answers 413 before `handler` runs; Deno has no such limit.
+ * bytes (128 MB by default), above which Bun responds 413 before `handler` runs. Deno ignores the option.
  */
 export async function serveHttp(
   handler: (request: Request) => Response | Promise<Response>,

@@ -101,7 +101,7 @@ async function rawRequest(
   options: { contentLength?: number; chunked?: boolean; bytes: number; token?: string },
 ): Promise<Reply & { sentBytes: number }> {
   const socket = connect(server.port, "127.0.0.1");
-  // The server may reset the connection after it answered; that is not a failure here.
+  // The server may reset the connection after it responded, which is not a failure here.
   socket.on("error", () => {});
   let received = Buffer.alloc(0);
   let sentBytes = 0;

@@ -54,8 +54,8 @@ export function authenticate(state: DevState): MiddlewareHandler<DevEnv> {
  * Registers `POST /v1/auth/exchange` and `GET /v1/auth/whoami`. Whoami draws from the `whoami` bucket.
  *
  * The exchange maps service account `NS:NAME` to identity `sa:NAME`. A requested `role` other than
- * `sa:NAME` needs the subject in the dev config's `identities[role].subjects`; without
- * `identities`, every role is granted and a warning is logged once per role.
+ * `sa:NAME` is granted only when the dev config's `identities[role].subjects` lists the account.
+ * Without `identities`, every role is granted and a warning is logged once per role.
  */
 export function registerAuthRoutes(app: DevApp, context: DevContext): void {
   const { state, logger, audience, tokenTtlSeconds } = context;

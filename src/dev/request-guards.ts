@@ -1,6 +1,6 @@
 /**
  * Checks that run on every request of the dev server before any handler: the request path must
- * carry no percent-encoding, and the body must stay under a size limit. Both answer with the
+ * carry no percent-encoding, and the body must stay under a size limit. Both respond with the
  * contract's error envelope and the request id, like every other error.
  */
 import type { MiddlewareHandler } from "hono";

@@ -52,7 +52,7 @@ interface ClientCredentials {
   clientSecret?: string;
   /** True when the client authenticated with HTTP Basic. */
   basic: boolean;
-  /** Why the client authentication is malformed, for the log. */
+  /** Reason the client authentication is malformed, for the log. */
   problem?: string;
 }
 

@@ -189,9 +189,9 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
   const logger = dev.context.logger;
   await dev.ready();
 
-  // Bun's own limit (128 MB by default) answers a bare 413 before the app runs. It is lifted, so
-  // that the app's limit (limitBodySize, on every route) answers with the error envelope. Bun
-  // stops reading a body that the app leaves unread, so no body is buffered past that limit.
+  // Bun's own limit (128 MB by default) responds with a bare 413 before the app runs. It is lifted,
+  // so that the app's limit (limitBodySize, on every route) responds with the error envelope. Bun
+  // 1.4.5 stops reading a body that the app leaves unread, so no body is buffered past that limit.
   const http = await serveHttp(dev.app.fetch, { hostname: host, port, tls: options.tls, maxRequestBodySize: Number.MAX_SAFE_INTEGER }).catch((error: unknown) => {
     throw new AgentError("config", `Cannot listen on ${host}:${port}: ${(error as Error).message}`, { cause: error });
   });

@@ -8,10 +8,10 @@ import { globProblem } from "./glob.ts";
 import { enforceRateLimit } from "./ratelimit.ts";
 import { EVENT_TYPES, type EventType, type SubscriptionInput } from "./subscriptions.ts";
 
-/** Longest wait of one poll, in seconds; a larger `timeout` is lowered to it. */
+/** Maximum wait of one poll, in seconds. A larger `timeout` is lowered to it. */
 export const MAX_POLL_TIMEOUT_SECONDS = 60;
 
-/** Most events one poll returns; a larger `max_events` is lowered to it. */
+/** Maximum number of events one poll returns. A larger `max_events` is lowered to it. */
 export const MAX_POLL_EVENTS = 1000;
 
 /**
