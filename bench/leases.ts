@@ -21,6 +21,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { staticTokenSource } from "../src/auth.ts";
 import { ScaiVaultClient } from "../src/client.ts";
+import { dynamicStore } from "../src/dev/dynamic.ts";
 import { startDevServer } from "../src/dev/server.ts";
 import { parseDuration } from "../src/duration.ts";
 import { LeaseManager } from "../src/leases.ts";
@@ -161,8 +162,12 @@ async function measurePods(pods: number, ttl: string, maxTtl: string, minutes: n
     previous = current;
   }
 
+  // Every pod stops at once, as when the Deployment is deleted: each revokes its leases within 8 s, the sidecar's bound.
   for (const timer of timers) clearTimeout(timer);
-  await Promise.all(managers.map((manager) => manager.stop(10_000)));
+  const stopStarted = Date.now();
+  const summaries = await Promise.all(managers.map((manager) => manager.stop(8_000)));
+  const stopSeconds = (Date.now() - stopStarted) / 1000;
+  const leftActive = dynamicStore(server.state).list().length;
   await server.stop();
 
   const routes = ["POST /v1/dynamic/engines/{engine}/creds/{role}", "POST /v1/dynamic/leases/{id}/renew", "POST /v1/dynamic/leases/{id}/revoke"];
@@ -176,10 +181,13 @@ async function measurePods(pods: number, ttl: string, maxTtl: string, minutes: n
   const steady = perMinute.slice(Math.ceil(maxTtlMs / 60_000));
   const leaseOps = steady.map((counts) => (counts[routes[1]!] ?? 0) + (counts[routes[2]!] ?? 0));
   console.log(`\nsteady state (minutes after the first max_ttl): lease bucket mean ${mean(leaseOps).toFixed(1)}/min, max ${Math.max(...leaseOps)}/min`);
-  console.log(`answers by route and status: ${JSON.stringify(Object.fromEntries([...statuses.entries()].sort()))}`);
+  console.log(`responses by route and status: ${JSON.stringify(Object.fromEntries([...statuses.entries()].sort()))}`);
 
   const gaps = renewTimes.flatMap((times) => times.slice(1).map((time, index) => (time - times[index]!) / ttlMs));
   console.log(`renewal spacing as a fraction of ttl: median ${percentile(gaps, 0.5).toFixed(3)}, min ${Math.min(...gaps).toFixed(3)}, max ${Math.max(...gaps).toFixed(3)} (${gaps.length} gaps)`);
+  const revoked = summaries.reduce((sum, summary) => sum + summary.revoked.length, 0);
+  const failed = summaries.reduce((sum, summary) => sum + summary.failed.length, 0);
+  console.log(`all pods stopped at once: ${revoked} leases revoked, ${failed} not revoked (left to expire at their TTL), ${leftActive} active on the server after ${stopSeconds.toFixed(1)} s`);
   console.log(`elapsed ${((Date.now() - started) / 60_000).toFixed(1)} min`);
 }
 

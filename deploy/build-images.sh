@@ -7,10 +7,13 @@
 # Usage: deploy/build-images.sh [--registry scailabs] [--tag VERSION] [--platform linux/amd64,linux/arm64]
 #                                [--push] [--print]
 #   --registry  image name prefix (default: scailabs)
-#   --tag       image tag (default: the version in package.json)
+#   --tag       image tag and version label (default: the version in package.json)
 #   --platform  platforms for `docker buildx build`; more than one needs --push
 #   --push      push the images instead of loading them into the local engine
 #   --print     print the docker commands instead of running them (needs no Docker engine)
+#
+# Environment: SOURCE_URL sets the org.opencontainers.image.source label; by default it is the
+# URL of the git remote "origin", without user name, password or token.
 #
 # Needs Docker with BuildKit (docker buildx) and a running engine, except with --print.
 set -euo pipefail
@@ -29,7 +32,7 @@ while [ $# -gt 0 ]; do
     --platform) platform=${2:?--platform needs a value}; shift 2 ;;
     --push) push=true; shift ;;
     --print) print=true; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "build-images.sh: unknown option \"$1\"; see --help" >&2; exit 2 ;;
   esac
 done
@@ -40,10 +43,47 @@ if [ -z "$version" ]; then
   exit 1
 fi
 tag=${tag:-$version}
-revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+
+# The commit, with -dirty when a file that goes into the image differs from it. A repository
+# without commits, or no git at all, gives "unknown".
+revision=$(git rev-parse --verify --quiet HEAD 2>/dev/null || true)
+if [ -z "$revision" ]; then
+  revision=unknown
+elif [ -n "$(git status --porcelain -- Dockerfile .dockerignore package.json bun.lock mod.ts tsconfig.json src 2>/dev/null)" ]; then
+  revision="$revision-dirty"
+fi
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-source_url=$(git config --get remote.origin.url 2>/dev/null || true)
-case "$source_url" in https://*) ;; *) source_url="" ;; esac
+
+# Prints a web URL for a git remote URL, without user info: a CI job clones with its token in
+# it (https://gitlab-ci-token:TOKEN@host/...). ssh://, git:// and scp-style git@host:path become
+# https://host/path. Prints nothing for a URL of another form, such as a local path.
+public_source_url() {
+  local url=$1
+  case "$url" in
+    https://*|http://*|ssh://*|git://*)
+      local scheme=${url%%://*}
+      local rest=${url#*://}
+      local authority=${rest%%/*}
+      local path=""
+      if [ "$rest" != "$authority" ]; then path=/${rest#*/}; fi
+      authority=${authority##*@}
+      path=${path%%[?#]*}
+      # The port of an ssh:// or git:// URL is not a web port.
+      case "$scheme" in ssh|git) scheme=https; authority=${authority%%:*} ;; esac
+      printf '%s://%s%s\n' "$scheme" "$authority" "$path"
+      ;;
+    *@*:*)
+      local host=${url#*@}
+      printf 'https://%s/%s\n' "${host%%:*}" "${host#*:}"
+      ;;
+  esac
+}
+
+if [ -n "${SOURCE_URL:-}" ]; then
+  source_url=$(public_source_url "$SOURCE_URL")
+else
+  source_url=$(public_source_url "$(git config --get remote.origin.url 2>/dev/null || true)")
+fi
 
 if [ "$push" = false ] && [[ "$platform" == *,* ]]; then
   echo "build-images.sh: several platforms cannot be loaded into the local engine; add --push" >&2
@@ -72,8 +112,8 @@ for target in init sidecar csi-provider; do
   esac
 
   args=(docker buildx build --file Dockerfile --target "$target" --tag "$registry/$name:$tag"
-    --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "CREATED=$created"
-    --build-arg "SOURCE_URL=$source_url")
+    --build-arg "VERSION=$tag" --build-arg "REVISION=$revision" --build-arg "CREATED=$created")
+  [ -n "$source_url" ] && args+=(--label "org.opencontainers.image.source=$source_url")
   [ -n "$platform" ] && args+=(--platform "$platform")
   if [ "$push" = true ]; then args+=(--push); else args+=(--load); fi
   args+=(.)

@@ -1,14 +1,16 @@
 /**
- * The few Kubernetes API calls that `sync` needs: read, create and replace one Secret. Requests
- * carry the service-account token, re-read from its file for every request because the kubelet
- * rotates it. Retries: 429 after `Retry-After`, 500/502/503/504 and connection failures with
- * backoff, and 401 once with a freshly read token. A 409 is returned to the caller, which re-reads
- * the Secret: only the caller knows how to merge.
+ * The few Kubernetes API calls that `sync` needs: read, create and replace one Secret, and read
+ * and patch the pod template of the workloads it restarts. Requests carry the service-account
+ * token, re-read from its file for every request because the kubelet rotates it. Retries: 429
+ * after `Retry-After`, 500/502/503/504 and connection failures with backoff, and 401 once with a
+ * freshly read token. A 409 is returned to the caller, which re-reads the Secret: only the caller
+ * knows how to merge.
  */
 import { readFile } from "node:fs/promises";
-import { AgentError, type ErrorCode } from "./errors.ts";
+import { AgentError } from "./errors.ts";
+import { statusError } from "./kube-errors.ts";
 import { getLogger } from "./log.ts";
-import { backoffDelay, parseRetryAfter, sleep, type BackoffOptions } from "./retry.ts";
+import { backoffDelay, sleep, type BackoffOptions } from "./retry.ts";
 import type { FetchFunction } from "./runtime.ts";
 import { VERSION } from "./version.ts";
 
@@ -36,6 +38,17 @@ export interface KubeSecret {
   immutable?: boolean;
 }
 
+/** Kinds of workload whose pods `sync` can restart, all in the `apps/v1` API group. */
+export type WorkloadKind = "Deployment" | "StatefulSet" | "DaemonSet";
+
+/** A Deployment, StatefulSet or DaemonSet, with only the fields `sync` reads. */
+export interface KubeWorkload {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; resourceVersion?: string; generation?: number; [key: string]: unknown };
+  spec?: { template?: { metadata?: { annotations?: Record<string, string>; [key: string]: unknown }; [key: string]: unknown }; [key: string]: unknown };
+}
+
 export interface KubeClientOptions {
   /** API server base URL, such as https://10.96.0.1:443. */
   apiUrl: string;
@@ -52,7 +65,7 @@ export interface KubeClientOptions {
   backoff?: BackoffOptions;
 }
 
-/** Client for the Secret endpoints of the Kubernetes API. */
+/** Client for the Secret and workload endpoints of the Kubernetes API that `sync` uses. */
 export class KubeClient {
   readonly apiUrl: string;
   readonly #options: KubeClientOptions;
@@ -80,7 +93,7 @@ export class KubeClient {
    */
   async getSecret(namespace: string, name: string): Promise<KubeSecret | undefined> {
     try {
-      return (await this.#request("GET", secretPath(namespace, name), `get Secret "${namespace}/${name}"`)) as KubeSecret;
+      return (await this.#request("GET", secretPath(namespace, name), `get Secret "${namespace}/${name}"`, undefined, SECRET_REQUEST)) as KubeSecret;
     } catch (error) {
       if (error instanceof AgentError && error.status === 404) return undefined;
       throw error;
@@ -94,7 +107,8 @@ export class KubeClient {
    */
   async createSecret(namespace: string, secret: KubeSecret): Promise<KubeSecret> {
     const path = `${secretPath(namespace)}?fieldManager=${FIELD_MANAGER}`;
-    return (await this.#request("POST", path, `create Secret "${namespace}/${secret.metadata.name}"`, secret)) as KubeSecret;
+    const options = { ...SECRET_REQUEST, sentValues: secretValues(secret) };
+    return (await this.#request("POST", path, `create Secret "${namespace}/${secret.metadata.name}"`, secret, options)) as KubeSecret;
   }
 
   /**
@@ -104,12 +118,40 @@ export class KubeClient {
    */
   async replaceSecret(namespace: string, secret: KubeSecret): Promise<KubeSecret> {
     const path = `${secretPath(namespace, secret.metadata.name)}?fieldManager=${FIELD_MANAGER}`;
-    return (await this.#request("PUT", path, `update Secret "${namespace}/${secret.metadata.name}"`, secret)) as KubeSecret;
+    const options = { ...SECRET_REQUEST, sentValues: secretValues(secret) };
+    return (await this.#request("PUT", path, `update Secret "${namespace}/${secret.metadata.name}"`, secret, options)) as KubeSecret;
+  }
+
+  /**
+   * Reads a Deployment, StatefulSet or DaemonSet.
+   *
+   * @returns the workload, or undefined when it does not exist.
+   * @throws AgentError `forbidden`, `auth`, `unreachable` or `server`.
+   */
+  async getWorkload(namespace: string, kind: WorkloadKind, name: string): Promise<KubeWorkload | undefined> {
+    try {
+      return (await this.#request("GET", workloadPath(namespace, kind, name), `get ${kind} "${namespace}/${name}"`, undefined, workloadRequest(kind, name))) as KubeWorkload;
+    } catch (error) {
+      if (error instanceof AgentError && error.status === 404) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Sets annotations of a workload's pod template with a JSON merge patch (RFC 7386), which
+   * changes nothing else. A changed pod template makes the controller roll out new pods, as
+   * `kubectl rollout restart` does with its own annotation.
+   */
+  async patchPodTemplateAnnotations(namespace: string, kind: WorkloadKind, name: string, annotations: Record<string, string>): Promise<KubeWorkload> {
+    const path = `${workloadPath(namespace, kind, name)}?fieldManager=${FIELD_MANAGER}`;
+    const patch = { spec: { template: { metadata: { annotations } } } };
+    const options = { ...workloadRequest(kind, name), contentType: "application/merge-patch+json" };
+    return (await this.#request("PATCH", path, `patch ${kind} "${namespace}/${name}"`, patch, options)) as KubeWorkload;
   }
 
   // -------------------------------------------------------------------------------------------
 
-  async #request(method: string, path: string, action: string, body?: unknown): Promise<unknown> {
+  async #request(method: string, path: string, action: string, body: unknown, options: RequestOptions): Promise<unknown> {
     const maxAttempts = this.#options.maxAttempts ?? 5;
     let tokenRetried = false;
     let lastError: AgentError | undefined;
@@ -119,7 +161,7 @@ export class KubeClient {
 
       let waitMs: number;
       try {
-        return await this.#send(method, path, action, body);
+        return await this.#send(method, path, action, body, options);
       } catch (error) {
         if (!(error instanceof AgentError)) throw error;
         lastError = error;
@@ -150,14 +192,14 @@ export class KubeClient {
     });
   }
 
-  async #send(method: string, path: string, action: string, body: unknown): Promise<unknown> {
+  async #send(method: string, path: string, action: string, body: unknown, options: RequestOptions): Promise<unknown> {
     const token = await readServiceAccountToken(this.#options.tokenFile);
     const headers: Record<string, string> = {
       accept: "application/json",
       authorization: `Bearer ${token}`,
       "user-agent": `scaivault-agent/${VERSION}`,
     };
-    if (body !== undefined) headers["content-type"] = "application/json";
+    if (body !== undefined) headers["content-type"] = options.contentType ?? "application/json";
 
     const timeout = AbortSignal.timeout(this.#options.requestTimeoutMs ?? 15_000);
     const signals = [timeout, this.#options.signal].filter((signal): signal is AbortSignal => signal !== undefined);
@@ -183,7 +225,12 @@ export class KubeClient {
     }
 
     if (response.ok) return parsed;
-    throw statusError(response, parsed, action, this.#options.tokenFile);
+    throw statusError(response, parsed, {
+      action,
+      tokenFile: this.#options.tokenFile,
+      forbiddenHint: options.forbiddenHint,
+      sentValues: options.sentValues ?? [],
+    });
   }
 
   #networkError(error: unknown, action: string, timeout: AbortSignal): AgentError {
@@ -210,7 +257,7 @@ export class KubeClient {
 /**
  * Reads the service-account token from `file`.
  *
- * @throws AgentError `config` when the file is missing or empty.
+ * @throws AgentError `auth` when the file is missing or empty, as for a missing ScaiVault token.
  */
 export async function readServiceAccountToken(file: string): Promise<string> {
   let text: string;
@@ -219,18 +266,46 @@ export async function readServiceAccountToken(file: string): Promise<string> {
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? "error";
     throw new AgentError(
-      "config",
+      "auth",
       `Cannot read KUBERNETES_TOKEN_FILE "${file}": ${code}. Run sync in a pod whose service-account token is mounted, or set KUBERNETES_TOKEN_FILE`,
       { cause: error },
     );
   }
 
   const token = text.trim();
-  if (token === "") throw new AgentError("config", `KUBERNETES_TOKEN_FILE "${file}" is empty`);
+  if (token === "") throw new AgentError("auth", `KUBERNETES_TOKEN_FILE "${file}" is empty: mount the pod's service-account token there`);
   return token;
 }
 
 // ---------------------------------------------------------------------------------------------
+
+interface RequestOptions {
+  /** Permission that the message of a 403 tells the operator to grant. */
+  forbiddenHint: string;
+  /** Content type of the body. @default "application/json" */
+  contentType?: string;
+  /** Strings of the body that an error message must not repeat. */
+  sentValues?: readonly string[];
+}
+
+const SECRET_REQUEST: RequestOptions = { forbiddenHint: "get, create and update on this Secret" };
+
+const WORKLOAD_RESOURCES: Record<WorkloadKind, string> = { Deployment: "deployments", StatefulSet: "statefulsets", DaemonSet: "daemonsets" };
+
+function workloadRequest(kind: WorkloadKind, name: string): RequestOptions {
+  return { forbiddenHint: `get and patch on ${WORKLOAD_RESOURCES[kind]} "${name}" in the API group "apps"` };
+}
+
+function workloadPath(namespace: string, kind: WorkloadKind, name: string): string {
+  return `/apis/apps/v1/namespaces/${encodeURIComponent(namespace)}/${WORKLOAD_RESOURCES[kind]}/${encodeURIComponent(name)}`;
+}
+
+/** Returns the Secret's values, base64 and decoded, so that no error message repeats them. */
+function secretValues(secret: KubeSecret): string[] {
+  const values: string[] = [];
+  for (const encoded of Object.values(secret.data ?? {})) values.push(encoded, Buffer.from(encoded, "base64").toString("utf8"));
+  return values;
+}
 
 function secretPath(namespace: string, name?: string): string {
   const base = `/api/v1/namespaces/${encodeURIComponent(namespace)}/secrets`;
@@ -254,52 +329,4 @@ function networkErrorDetail(error: unknown): string {
 
 function isCertificateError(detail: string): boolean {
   return /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNKNOWN_?ISSUER|certificate|TLS|SSL/i.test(detail);
-}
-
-/**
- * Turns a Kubernetes `Status` response into an AgentError. The server's message is not copied:
- * an Invalid status may quote submitted values. The reason and the field names of its causes are.
- */
-function statusError(response: Response, body: unknown, action: string, tokenFile: string): AgentError {
-  const status = body as { reason?: unknown; details?: { causes?: Array<{ field?: unknown }> } } | undefined;
-  const reason = typeof status?.reason === "string" ? status.reason : response.statusText || "Unknown";
-  const retryAfterMs = parseRetryAfter(response.headers.get("retry-after"));
-  const options = { status: response.status, serverCode: reason, retryAfterMs };
-
-  let code: ErrorCode = "server";
-  let hint = "";
-  switch (response.status) {
-    case 401:
-      code = "auth";
-      hint = `; check that KUBERNETES_TOKEN_FILE "${tokenFile}" holds a valid service-account token`;
-      break;
-    case 403:
-      code = "forbidden";
-      hint = "; grant the pod's service account get, create and update on this Secret (see the Role in deploy/base/sync-job)";
-      break;
-    case 404:
-      code = "not_found";
-      hint = "; check that the namespace exists";
-      break;
-    case 409:
-      code = "server";
-      break;
-    case 400:
-    case 422: {
-      code = "config";
-      const fields = (status?.details?.causes ?? []).map((cause) => cause.field).filter((field) => typeof field === "string");
-      hint = fields.length ? `; invalid fields: ${fields.join(", ")}` : "";
-      break;
-    }
-    case 429:
-      code = "rate_limited";
-      break;
-    case 502:
-    case 503:
-    case 504:
-      code = "unreachable";
-      break;
-  }
-
-  return new AgentError(code, `Cannot ${action}: the Kubernetes API returned ${response.status} ${reason}${hint}`, options);
 }

@@ -42,7 +42,7 @@ export function atMaxLifetime(grant: Grant): boolean {
 }
 
 /**
- * Reports whether a renewal granted less than asked, allowing for the server's rounding to whole
+ * Reports whether a renewal granted less than requested, allowing for the server's rounding to whole
  * seconds: short means more than min(1 s, 10 %) below `askedMs`.
  */
 export function isShortGrant(grantedMs: number, askedMs: number): boolean {

@@ -9,29 +9,33 @@
  *   write the new credential, call `onCredentialsChanged` once, and revoke the old lease after a
  *   grace period. A failing renewal is retried with backoff and, once the lease is about to
  *   expire, replaced by a new lease. Every failure is logged and counted.
- * - stop: revoke every lease held, within a time bound; a lease the server no longer knows counts
- *   as revoked. A lease that could not be revoked stays in the state file and expires at its TTL.
+ * - stop: revoke every lease held, within a time bound. A lease the server no longer has
+ *   (`404 lease_not_found`) counts as revoked. A lease that could not be revoked stays in the
+ *   state file and expires at its TTL.
  *
  * The state file is written before each credential file, so that a crash leaves no lease that
- * the next start does not know about, except one whose generate call was in flight.
+ * the next start cannot find.
+ * NOTE: a lease whose generate request was in flight at a crash, or cut off by stop(), is not
+ * recorded; it expires at its TTL.
  */
 import type { ScaiVaultClient } from "./client.ts";
 import type { OutputConfig } from "./config.ts";
-import { renderTarget, resolveTargets, type FileTarget } from "./deliver.ts";
+import { resolveTargets, type FileTarget } from "./deliver.ts";
 import { AgentError } from "./errors.ts";
-import { readIfExists, writeFileAtomic } from "./files.ts";
-import { generateLease, isLeaseNotFound, lookupLease, renewLease } from "./lease-api.ts";
-import { createLeaseMetrics, type LeaseMetrics } from "./lease-metrics.ts";
+import { writeFileAtomic } from "./files.ts";
+import { adoptLease, findRecordedLease } from "./lease-adopt.ts";
+import { generateForLine } from "./lease-generate.ts";
+import { createLeaseMetrics, type GenerateReason, type LeaseMetrics } from "./lease-metrics.ts";
+import { renewOnce } from "./lease-renew.ts";
 import { LeaseRevoker, type RevokeSummary } from "./lease-revoker.ts";
-import { LeaseStore, sha256Hex, type LeaseRecord } from "./lease-store.ts";
-import { atMaxLifetime, isShortGrant, nextActionAt, retryDelayMs, safetyMarginMs } from "./lease-timing.ts";
+import { LeaseStore, type LeaseRecord } from "./lease-store.ts";
+import { atMaxLifetime, nextActionAt, retryDelayMs } from "./lease-timing.ts";
 import { errorFields, getLogger } from "./log.ts";
 import type { DynamicMapping } from "./mapping.ts";
 
 const log = getLogger("leases");
 
-/** Why a lease was generated: a metric label and a log field. */
-export type GenerateReason = "start" | "max_ttl" | "short_grant" | "lost" | "renew_failed" | "retry";
+export type { GenerateReason } from "./lease-metrics.ts";
 
 export interface LeaseManagerOptions {
   /** Its requests are bounded by the manager's own signals, so it may be bound to no signal. */
@@ -125,8 +129,9 @@ export class LeaseManager {
 
     await Promise.all(
       this.#slots.map(async (slot) => {
-        const record = await this.#recordOf(slot, records);
-        if (record && (await this.#adopt(slot, record))) {
+        const record = await findRecordedLease(records, { ...slot.target.mapping, file: slot.target.file });
+        if (record && (await this.#track(adoptLease(record, this.#deps())))) {
+          slot.lease = record;
           adopted.add(record.leaseId);
           return;
         }
@@ -155,7 +160,7 @@ export class LeaseManager {
       await this.#revoker.revokeDue(this.#signal);
     }
 
-    log.info("Leases ready", { adopted: this.#slots.length - written.length, generated: written.length, files: written });
+    log.info("Leases ready", { adopted: adopted.size, generated: written.length, files: written });
     return written;
   }
 
@@ -190,84 +195,14 @@ export class LeaseManager {
   }
 
   /**
-   * Returns the recorded active lease of `slot` whose credential its file contains, or undefined.
-   * A crash between recording a new lease and writing its file leaves two candidates; the file decides.
-   */
-  async #recordOf(slot: Slot, records: LeaseRecord[]): Promise<LeaseRecord | undefined> {
-    const { engine, role } = slot.target.mapping;
-    const candidates = records.filter((entry) => entry.state === "active" && entry.file === slot.target.file && entry.engine === engine && entry.role === role);
-    if (candidates.length === 0) return undefined;
-
-    const current = await readIfExists(slot.target.file).catch(() => undefined);
-    const sha = current ? sha256Hex(current.bytes) : undefined;
-    const match = candidates.find((entry) => entry.fileSha256 === sha);
-    if (!match) log.info("Recorded lease does not match its file: generating a new one", { leaseIds: candidates.map((entry) => entry.leaseId), file: slot.target.file });
-    return match;
-  }
-
-  async #adopt(slot: Slot, record: LeaseRecord): Promise<boolean> {
-    const fields = { leaseId: record.leaseId, file: record.file, generatedBy: record.generatedBy };
-
-    if (record.expiresAt <= Date.now()) {
-      log.info("Recorded lease has expired: generating a new one", fields);
-      return false;
-    }
-
-    try {
-      const found = await this.#track(lookupLease(this.#client, record.leaseId, { signal: this.#signal }));
-      if (!found) {
-        log.info("Recorded lease is gone on the server: generating a new one", fields);
-        return false;
-      }
-      record.expiresAt = found.expiresAt;
-      record.maxExpiresAt = found.maxExpiresAt ?? record.maxExpiresAt;
-      record.renewable = found.renewable;
-    } catch (error) {
-      if (this.#signal.aborted) throw error;
-      this.metrics.failures.inc({ operation: "lookup" });
-      log.warn("Cannot look up recorded lease: adopting it as recorded", { ...fields, ...errorFields(error) });
-    }
-
-    slot.lease = record;
-    log.info("Adopted recorded lease", { ...fields, expiresInSeconds: Math.round((record.expiresAt - Date.now()) / 1000) });
-    return true;
-  }
-
-  /**
    * Generates a lease for `slot`, records it, then writes its file. The replaced lease, if any,
    * is retired and revoked after the grace period. On a failed write the old lease stays current.
    */
   async #generate(slot: Slot, reason: GenerateReason): Promise<LeaseRecord> {
     const { mapping, file } = slot.target;
-    const source = `${mapping.engine}/${mapping.role}`;
-
-    const lease = await this.#track(generateLease(this.#client, mapping.engine, mapping.role, mapping.ttlMs, { signal: this.#signal }));
-    const record: LeaseRecord = {
-      leaseId: lease.leaseId,
-      engine: mapping.engine,
-      role: mapping.role,
-      file,
-      fileSha256: "",
-      state: "active",
-      issuedAt: lease.grantedAt,
-      grantedAt: lease.grantedAt,
-      expiresAt: lease.expiresAt,
-      maxExpiresAt: lease.maxExpiresAt,
-      durationMs: lease.durationMs,
-      // Renewals ask for what the first grant gave, so that a role's TTL cap does not look like a short grant.
-      incrementMs: Math.min(mapping.ttlMs ?? lease.durationMs, lease.durationMs),
-      renewable: lease.renewable,
-      generatedBy: this.#options.owner,
-    };
-
-    let bytes: Uint8Array;
-    try {
-      bytes = renderTarget(slot.target, lease.data!, source);
-    } catch (error) {
-      this.#revoker.retire(record, Date.now());
-      throw error;
-    }
-    record.fileSha256 = sha256Hex(bytes);
+    const { record, bytes } = await this.#track(
+      generateForLine(slot.target, this.#options.owner, this.#deps(), (unusable) => this.#revoker.retire(unusable, Date.now())),
+    );
 
     // Recorded before the file is written, so that a crash in between leaks no lease.
     slot.pending = record;
@@ -288,9 +223,6 @@ export class LeaseManager {
     if (previous) this.#revoker.retire(previous, Math.min(Date.now() + (this.#options.revokeGraceMs ?? 30_000), previous.expiresAt));
     await this.#persist();
 
-    if (mapping.ttlMs !== undefined && lease.durationMs < mapping.ttlMs) {
-      log.info("The server granted a shorter TTL than asked; renewals ask for the granted TTL", { leaseId: record.leaseId, file, grantedSeconds: lease.durationMs / 1000 });
-    }
     this.metrics.generated.inc({ reason });
     log.info(previous ? "Replaced lease: new credential written" : "Generated lease: credential written", {
       leaseId: record.leaseId,
@@ -299,64 +231,28 @@ export class LeaseManager {
       file,
       reason,
       ...(previous ? { previousLeaseId: previous.leaseId } : {}),
-      ttlSeconds: lease.durationMs / 1000,
+      ttlSeconds: record.durationMs / 1000,
     });
     return record;
   }
 
   async #renew(slot: Slot): Promise<void> {
-    const lease = slot.lease!;
-    const fields = { leaseId: lease.leaseId, file: lease.file };
+    const outcome = await this.#track(renewOnce(slot.lease!, slot.failures + 1, this.#deps()));
 
-    // A renewal that is still retrying when the lease is about to expire gives way to a new lease.
-    const budgetMs = Math.max(1000, lease.expiresAt - Date.now() - safetyMarginMs(lease.durationMs));
-    let renewed;
-    try {
-      const signal = AbortSignal.any([this.#signal, AbortSignal.timeout(budgetMs)]);
-      renewed = await this.#track(renewLease(this.#client, lease.leaseId, lease.incrementMs, { signal }));
-    } catch (error) {
-      if (this.#signal.aborted) return;
-      this.metrics.failures.inc({ operation: "renew" });
-
-      if (isLeaseNotFound(error)) {
-        log.warn("Lease is gone on the server: generating a new one", fields);
-        return this.#replace(slot, "lost");
-      }
-      if (error instanceof AgentError && error.serverCode === "lease_not_renewable") {
-        log.info("Lease reached its maximum lifetime: generating a new one", fields);
-        return this.#replace(slot, "max_ttl");
-      }
-
-      slot.failures += 1;
-      const leftMs = lease.expiresAt - Date.now();
-      if (leftMs <= safetyMarginMs(lease.durationMs)) {
-        log.warn("Cannot renew lease and it expires soon: generating a new one", { ...fields, attempt: slot.failures, expiresInMs: leftMs, ...errorFields(error) });
-        return this.#replace(slot, "renew_failed");
-      }
-
-      const delayMs = Math.min(retryDelayMs(slot.failures, this.#random), leftMs - safetyMarginMs(lease.durationMs));
-      log.warn("Cannot renew lease, retrying", { ...fields, attempt: slot.failures, delayMs, expiresInMs: leftMs, ...errorFields(error) });
-      return this.#schedule(slot, Date.now() + delayMs, "renew");
+    switch (outcome.action) {
+      case "stopped":
+        return;
+      case "replace":
+        if (outcome.reason === "renew_failed") slot.failures += 1;
+        return this.#replace(slot, outcome.reason);
+      case "retry":
+        slot.failures += 1;
+        return this.#schedule(slot, Date.now() + outcome.delayMs, "renew");
+      case "renewed":
+        slot.failures = 0;
+        await this.#persist();
+        return this.#planNext(slot, outcome.short ? "short_grant" : "max_ttl");
     }
-
-    const short = isShortGrant(renewed.durationMs, lease.incrementMs);
-    Object.assign(lease, {
-      grantedAt: renewed.grantedAt,
-      durationMs: renewed.durationMs,
-      expiresAt: renewed.expiresAt,
-      maxExpiresAt: renewed.maxExpiresAt ?? lease.maxExpiresAt,
-      renewable: renewed.renewable && !short,
-    });
-    slot.failures = 0;
-    this.metrics.renewals.inc();
-    log.info(short ? "Renewed lease for less than asked: a new lease follows before it expires" : "Renewed lease", {
-      ...fields,
-      grantedSeconds: renewed.durationMs / 1000,
-      expiresAt: new Date(renewed.expiresAt).toISOString(),
-    });
-
-    await this.#persist();
-    this.#planNext(slot, short ? "short_grant" : "max_ttl");
   }
 
   async #replace(slot: Slot, reason: GenerateReason): Promise<void> {
@@ -425,6 +321,10 @@ export class LeaseManager {
     const message = `Cannot generate lease of DYNAMIC line ${mapping.line} (engine=${mapping.engine} role=${mapping.role} -> ${mapping.target}): ${(error as Error).message}`;
     log.error("Cannot generate lease", { line: mapping.line, engine: mapping.engine, role: mapping.role, file: slot.target.file, ...errorFields(error) });
     return new AgentError(code === "not_found" || code === "config" || code === "forbidden" ? code : "lease", message, { cause: error });
+  }
+
+  #deps(): { client: ScaiVaultClient; signal: AbortSignal; metrics: LeaseMetrics; random: () => number } {
+    return { client: this.#client, signal: this.#signal, metrics: this.metrics, random: this.#random };
   }
 
   #records(): LeaseRecord[] {

@@ -14,6 +14,7 @@
 import { AgentError } from "./errors.ts";
 import { parseDuration } from "./duration.ts";
 import { secretPathProblem } from "./paths.ts";
+import { secretKeyProblem } from "./kube-secret-rules.ts";
 
 export type FileFormat = "json" | "env" | "raw";
 export type FieldEncoding = "utf8" | "base64";
@@ -124,7 +125,6 @@ export function duplicateTargets(
 // ---------------------------------------------------------------------------------------------
 
 const FIELD_PATTERN = /^[A-Za-z0-9_.\-]+$/;
-const KEY_PATTERN = /^[-._a-zA-Z0-9]+$/;
 const NAME_PATTERN = /^[a-z0-9][a-z0-9\-_]*$/;
 
 function* meaningfulLines(text: string): Generator<{ number: number; content: string }> {
@@ -204,9 +204,8 @@ function parseDynamicLine(content: string, line: number): DynamicMapping {
 
 function checkTarget(target: string, kind: "file" | "key"): void {
   if (kind === "key") {
-    if (!KEY_PATTERN.test(target) || target.length > 253) {
-      throw new Error(`invalid Secret key "${target}": use letters, digits, "-", "_" and "."`);
-    }
+    const problem = secretKeyProblem(target);
+    if (problem) throw new Error(`invalid Secret key "${target}": ${problem}`);
     return;
   }
 

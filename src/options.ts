@@ -99,8 +99,8 @@ export const SETTINGS = {
     healthAddr: {
       env: "HEALTH_ADDR",
       flag: "health-addr",
-      description: "host:port for /healthz, /readyz and /metrics, or off",
-      default: "0.0.0.0:8099",
+      description: "host:port for /healthz, /readyz and /metrics, or off; [::] accepts IPv4 and IPv6 where the kernel allows both",
+      default: "[::]:8099",
     },
     events: {
       env: "EVENTS",
@@ -143,8 +143,8 @@ export const SETTINGS = {
     healthAddr: {
       env: "HEALTH_ADDR",
       flag: "health-addr",
-      description: "host:port for /healthz, /readyz and /metrics, or off",
-      default: "0.0.0.0:8098",
+      description: "host:port for /healthz, /readyz and /metrics, or off; [::] accepts IPv4 and IPv6 where the kernel allows both",
+      default: "[::]:8098",
     },
     allowedUrls: {
       env: "SCAIVAULT_ALLOWED_URLS",
@@ -183,6 +183,12 @@ export const SETTINGS = {
       description: "Take over an existing Secret that sync did not create, replacing its data",
       default: "false",
       boolean: true,
+    },
+    restart: {
+      env: "SYNC_RESTART",
+      flag: "restart",
+      description:
+        "Workloads in the Secret's namespace to roll out when the synced versions change, such as deployment/billing; comma-separated, kinds deployment, statefulset and daemonset",
     },
     dryRun: {
       env: "SYNC_DRY_RUN",

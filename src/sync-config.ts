@@ -8,6 +8,7 @@ import { AgentError } from "./errors.ts";
 import { loadConnection, parseBoolean, positiveDuration, type Args, type ConnectionConfig, type Env } from "./config.ts";
 import { ALL_FIELDS, parseSecretMappings, type SecretMapping } from "./mapping.ts";
 import { SETTINGS, readSettings } from "./options.ts";
+import { parseRestartTargets, type RestartTarget } from "./sync-restart.ts";
 
 /** Label that marks a Secret as written by `sync`. */
 export const MANAGED_BY_LABEL = "app.kubernetes.io/managed-by";
@@ -29,6 +30,8 @@ export interface SyncConfig {
   labels: Record<string, string>;
   annotations: Record<string, string>;
   adopt: boolean;
+  /** SYNC_RESTART: workloads in `namespace` to roll out when their pods may hold other secret versions. */
+  restart: RestartTarget[];
   dryRun: boolean;
   timeoutMs: number;
   /** Undefined only in a dry run outside a cluster: then nothing is compared or written. */
@@ -62,6 +65,7 @@ export function loadSyncConfig(args: Args, env: Env): SyncConfig {
   const labels = attempt(() => parsePairs(raw.labels ?? "", "SYNC_LABELS", true)) ?? {};
   const annotations = attempt(() => parsePairs(raw.annotations ?? "", "SYNC_ANNOTATIONS", false)) ?? {};
   const adopt = attempt(() => parseBoolean(raw.adopt!, "SYNC_ADOPT"));
+  const restart = attempt(() => parseRestartTargets(raw.restart)) ?? [];
   const dryRun = attempt(() => parseBoolean(raw.dryRun!, "SYNC_DRY_RUN"));
   const timeoutMs = attempt(() => positiveDuration(raw.timeout!, "SYNC_TIMEOUT"));
   const apiUrl = attempt(() => resolveApiUrl(raw.apiUrl, env, dryRun === true));
@@ -79,6 +83,7 @@ export function loadSyncConfig(args: Args, env: Env): SyncConfig {
     labels,
     annotations,
     adopt: adopt!,
+    restart,
     dryRun: dryRun!,
     timeoutMs: timeoutMs!,
     kube,

@@ -3,23 +3,33 @@
  * Kubernetes Secret, and create or update that Secret. The update is a read-compare-replace with
  * the `resourceVersion` that was read. A 409 from a concurrent writer starts the round again with a
  * fresh read, and a Secret that already contains the data, labels and annotations is not written.
+ * Then the workloads of SYNC_RESTART roll out new pods if theirs may hold other secret versions.
  */
-import { stringify } from "yaml";
 import { AgentError } from "./errors.ts";
 import { errorFields, getLogger } from "./log.ts";
 import { connect } from "./connect.ts";
 import type { ScaiVaultClient } from "./client.ts";
 import type { Secret } from "./contract.ts";
 import { KubeClient, type KubeSecret } from "./kube.ts";
-import { RenderError, renderSecret } from "./render.ts";
+import { MAX_SECRET_DATA_BYTES, secretDataSize } from "./kube-secret-rules.ts";
 import { createFetch } from "./runtime.ts";
-import { copiesAllFields, MANAGED_BY_LABEL, MANAGED_BY_VALUE, type SyncConfig } from "./sync-config.ts";
+import type { SyncConfig } from "./sync-config.ts";
+import { checkRestart, formatTarget, restartWorkloads, secretVersionsHash } from "./sync-restart.ts";
+import {
+  buildSecretData,
+  changedKeys,
+  checkOwnership,
+  checkSecretSize,
+  desiredSecret,
+  hasLastApplied,
+  isUpToDate,
+  LAST_APPLIED_ANNOTATION,
+  mergeSecret,
+  redactedYaml,
+} from "./sync-secret.ts";
 import type { SecretMapping } from "./mapping.ts";
 
 const log = getLogger("sync");
-
-/** Annotation holding `{"<path>": <version>}` of every ScaiVault secret the data came from. */
-export const SOURCES_ANNOTATION = "scaivault.scailabs.ai/sources";
 
 /** Rounds of read-compare-replace before sync gives up on a Secret that keeps changing. */
 export const MAX_CONFLICT_ROUNDS = 5;
@@ -36,6 +46,8 @@ export interface SyncResult {
   resourceVersion?: string;
   /** Keys whose value was added, changed or removed. */
   changedKeys: string[];
+  /** Workloads of SYNC_RESTART whose pod template was patched, as `kind/name`; none in a dry run. */
+  restarted: string[];
   dryRun: boolean;
 }
 
@@ -53,8 +65,9 @@ export interface SyncOptions {
 /**
  * Runs sync.
  *
- * @throws AgentError of the failure: a secret that cannot be read or rendered (nothing is
- * written then), a Kubernetes API error, or `server` after MAX_CONFLICT_ROUNDS conflicts.
+ * @throws AgentError of the failure. Nothing is written when a secret cannot be read or rendered,
+ * or when the data is over the Secret size limit. Other failures are a Kubernetes API error,
+ * `server` after MAX_CONFLICT_ROUNDS conflicts, and a failed restart after the Secret was written.
  */
 export async function runSync(config: SyncConfig, options: SyncOptions = {}): Promise<SyncResult> {
   const started = performance.now();
@@ -67,6 +80,7 @@ export async function runSync(config: SyncConfig, options: SyncOptions = {}): Pr
   const client = options.client ?? connect(config.connection, { signal });
   const secrets = await readAll(client, config.mappings, signal, config.timeoutMs, deadline);
   const { data, sources } = buildSecretData(config.mappings, secrets);
+  checkSecretSize(config, data);
   const desired = desiredSecret(config, data, sources);
 
   const kube = options.kube ?? (config.kube ? createKubeClient(config, signal) : undefined);
@@ -74,7 +88,7 @@ export async function runSync(config: SyncConfig, options: SyncOptions = {}): Pr
 
   let result: SyncResult;
   try {
-    result = config.dryRun ? await dryRun(config, desired, sources, kube, print) : await apply(config, desired, sources, kube!);
+    result = config.dryRun ? await dryRun(config, desired, data, sources, kube, print) : await apply(config, desired, sources, kube!);
   } catch (error) {
     throw withDeadline(error, signal, deadline, config.timeoutMs);
   }
@@ -85,122 +99,14 @@ export async function runSync(config: SyncConfig, options: SyncOptions = {}): Pr
     dryRun: result.dryRun,
     keys: result.keys,
     changedKeys: result.changedKeys,
+    restarted: result.restarted,
     resourceVersion: result.resourceVersion,
     durationMs: Math.round(performance.now() - started),
   });
   return result;
 }
 
-/**
- * Builds the Secret's data: each mapping line's rendered bytes under its key, and every field
- * under its own name for a `path -> *` line.
- *
- * @throws AgentError `not_found` for a missing field, `config` for a field name that is no valid
- * Secret key or a key that two lines produce.
- */
-export function buildSecretData(
-  mappings: SecretMapping[],
-  secrets: Map<string, Secret>,
-): { data: Map<string, Uint8Array>; sources: Record<string, number> } {
-  const data = new Map<string, Uint8Array>();
-  const origin = new Map<string, number>();
-  const sources: Record<string, number> = {};
-
-  const put = (key: string, bytes: Uint8Array, mapping: SecretMapping): void => {
-    const earlier = origin.get(key);
-    if (earlier !== undefined) {
-      throw new AgentError("config", `Invalid SYNC_MAPPING: Secret key "${key}" comes from line ${earlier} and line ${mapping.line}; give each key one source`);
-    }
-    origin.set(key, mapping.line);
-    data.set(key, bytes);
-  };
-
-  for (const mapping of mappings) {
-    const secret = secrets.get(mapping.path)!;
-    sources[mapping.path] = secret.version;
-
-    if (!copiesAllFields(mapping)) {
-      put(mapping.target, render(secret, mapping, mapping.target), mapping);
-      continue;
-    }
-
-    for (const field of Object.keys(secret.data).sort()) {
-      if (!SECRET_KEY.test(field)) {
-        throw new AgentError(
-          "config",
-          `Cannot copy field "${field}" of "${mapping.path}" (SYNC_MAPPING line ${mapping.line}): it is no valid Secret key; map it with path#field -> KEY`,
-        );
-      }
-      put(field, render(secret, { ...mapping, field, format: "raw", encoding: "utf8" }, field), mapping);
-    }
-  }
-
-  return { data, sources: sortedRecord(sources) };
-}
-
-/** Returns the Secret that `config` describes, without a `resourceVersion`. */
-export function desiredSecret(config: SyncConfig, data: Map<string, Uint8Array>, sources: Record<string, number>): KubeSecret {
-  const encoded: Record<string, string> = {};
-  for (const key of [...data.keys()].sort()) encoded[key] = Buffer.from(data.get(key)!).toString("base64");
-
-  return {
-    apiVersion: "v1",
-    kind: "Secret",
-    metadata: {
-      name: config.secretName,
-      namespace: config.namespace,
-      labels: { ...config.labels, [MANAGED_BY_LABEL]: MANAGED_BY_VALUE },
-      annotations: { ...config.annotations, [SOURCES_ANNOTATION]: JSON.stringify(sources) },
-    },
-    type: config.secretType,
-    data: encoded,
-  };
-}
-
-/**
- * Returns `current` with the data, type, labels and annotations of `desired`. Labels and
- * annotations that others set stay; the data is replaced as a whole.
- */
-export function mergeSecret(current: KubeSecret, desired: KubeSecret): KubeSecret {
-  const { managedFields: _managedFields, ...metadata } = current.metadata;
-  return {
-    ...current,
-    metadata: {
-      ...metadata,
-      labels: { ...current.metadata.labels, ...desired.metadata.labels },
-      annotations: { ...current.metadata.annotations, ...desired.metadata.annotations },
-    },
-    type: current.type ?? desired.type,
-    data: desired.data,
-  };
-}
-
-/** Returns the keys whose value differs between two Secrets' data. */
-export function changedKeys(current: KubeSecret | undefined, desired: KubeSecret): string[] {
-  const before = current?.data ?? {};
-  const after = desired.data ?? {};
-  const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
-  return [...keys].filter((key) => before[key] !== after[key]).sort();
-}
-
-/** Returns true when `current` already contains everything `merged` would write. */
-export function isUpToDate(current: KubeSecret, merged: KubeSecret): boolean {
-  if ((current.type ?? "Opaque") !== (merged.type ?? "Opaque")) return false;
-  if (changedKeys(current, merged).length > 0) return false;
-  return sameRecord(current.metadata.labels, merged.metadata.labels) && sameRecord(current.metadata.annotations, merged.metadata.annotations);
-}
-
-/** Returns the printout of a dry run: the Secret as YAML with every value replaced by its size. */
-export function redactedYaml(secret: KubeSecret): string {
-  const data: Record<string, string> = {};
-  for (const [key, value] of Object.entries(secret.data ?? {})) data[key] = `<redacted, ${Buffer.from(value, "base64").length} bytes>`;
-  return stringify({ ...secret, data });
-}
-
 // ---------------------------------------------------------------------------------------------
-
-/** Letters, digits, `-`, `_` and `.`: the rule for keys of a Secret's data. */
-const SECRET_KEY = /^[-._a-zA-Z0-9]{1,253}$/;
 
 async function readAll(
   client: ScaiVaultClient,
@@ -233,17 +139,6 @@ async function readAll(
   });
 }
 
-function render(secret: Secret, mapping: SecretMapping, key: string): Uint8Array {
-  try {
-    return renderSecret(secret.data, mapping);
-  } catch (error) {
-    if (!(error instanceof RenderError)) throw error;
-    throw new AgentError("not_found", `Cannot render "${secret.path}" into Secret key "${key}" (SYNC_MAPPING line ${mapping.line}): ${error.message}`, {
-      cause: error,
-    });
-  }
-}
-
 function createKubeClient(config: SyncConfig, signal: AbortSignal): KubeClient {
   const kube = config.kube!;
   let fetchFunction;
@@ -259,6 +154,12 @@ function createKubeClient(config: SyncConfig, signal: AbortSignal): KubeClient {
 }
 
 async function apply(config: SyncConfig, desired: KubeSecret, sources: Record<string, number>, kube: KubeClient): Promise<SyncResult> {
+  const written = await writeSecret(config, desired, sources, kube);
+  const restarted = await restartWorkloads(kube, config.namespace, config.restart, sources, written.action);
+  return { ...written, restarted };
+}
+
+async function writeSecret(config: SyncConfig, desired: KubeSecret, sources: Record<string, number>, kube: KubeClient): Promise<Omit<SyncResult, "restarted">> {
   const where = `${config.namespace}/${config.secretName}`;
   const base = { namespace: config.namespace, name: config.secretName, keys: Object.keys(desired.data ?? {}), sources, dryRun: false };
 
@@ -287,6 +188,7 @@ async function apply(config: SyncConfig, desired: KubeSecret, sources: Record<st
 
     try {
       const updated = await kube.replaceSecret(config.namespace, merged);
+      if (hasLastApplied(current)) log.info("Removed annotation that contains an earlier copy of the data", { secret: where, annotation: LAST_APPLIED_ANNOTATION });
       log.info("Updated Secret", { secret: where, resourceVersion: updated.metadata.resourceVersion, changedKeys: changed });
       return { ...base, action: "updated", resourceVersion: updated.metadata.resourceVersion, changedKeys: changed };
     } catch (error) {
@@ -304,6 +206,7 @@ async function apply(config: SyncConfig, desired: KubeSecret, sources: Record<st
 async function dryRun(
   config: SyncConfig,
   desired: KubeSecret,
+  data: Map<string, Uint8Array>,
   sources: Record<string, number>,
   kube: KubeClient | undefined,
   print: (text: string) => void,
@@ -312,37 +215,41 @@ async function dryRun(
   const current = kube ? await kube.getSecret(config.namespace, config.secretName) : undefined;
   if (current) checkOwnership(config, current);
 
-  const printed = current ? mergeSecret(current, desired) : desired;
-  const changed = changedKeys(current, printed);
-  const action = !current ? "created" : isUpToDate(current, printed) ? "unchanged" : "updated";
+  const merged = current ? mergeSecret(current, desired) : desired;
+  const changed = changedKeys(current, merged);
+  const action = !current ? "created" : isUpToDate(current, merged) ? "unchanged" : "updated";
   const verb = { created: "create", updated: "update", unchanged: "leave unchanged" }[action];
   const note = kube ? "" : " (no Kubernetes API configured, so the current Secret was not read)";
 
   const header = [`# Dry run: sync would ${verb} Secret ${where}${note}`];
   if (changed.length) header.push(`# Keys that would change: ${changed.join(", ")}`);
-  print(`${header.join("\n")}\n${redactedYaml(stripServerFields(printed))}`);
+  if (hasLastApplied(current)) header.push(`# The update would remove the annotation ${LAST_APPLIED_ANNOTATION}, which holds an earlier copy of the data`);
+  if (current) header.push("# Shown: what sync sets. Labels and annotations that others set stay as they are");
+  header.push(`# Data size: ${secretDataSize(data)} of at most ${MAX_SECRET_DATA_BYTES} bytes`);
+  header.push(...(await restartPlan(config, sources, kube)));
+  print(`${header.join("\n")}\n${redactedYaml(desired)}`);
 
-  return { action, namespace: config.namespace, name: config.secretName, keys: Object.keys(desired.data ?? {}), sources, changedKeys: changed, dryRun: true };
+  return { action, namespace: config.namespace, name: config.secretName, keys: Object.keys(desired.data ?? {}), sources, changedKeys: changed, restarted: [], dryRun: true };
 }
 
-function checkOwnership(config: SyncConfig, current: KubeSecret): void {
-  const where = `${config.namespace}/${config.secretName}`;
+/** Returns the dry run's lines about SYNC_RESTART. */
+async function restartPlan(config: SyncConfig, sources: Record<string, number>, kube: KubeClient | undefined): Promise<string[]> {
+  const hash = secretVersionsHash(sources);
+  const lines: string[] = [];
 
-  if (current.immutable === true) {
-    throw new AgentError("config", `Cannot update Secret "${where}": it is immutable; delete it or set SYNC_SECRET_NAME to another name`);
+  for (const target of config.restart) {
+    const workload = formatTarget(target);
+    if (!kube) {
+      lines.push(`# Would restart ${workload} unless its pods already run these secret versions (not checked without a Kubernetes API)`);
+      continue;
+    }
+
+    const decision = await checkRestart(kube, config.namespace, target, hash);
+    if (decision === "restart") lines.push(`# Would restart ${workload}: its pod template lacks the secret versions ${hash}`);
+    if (decision === "current") lines.push(`# Would leave ${workload} running: its pods run these secret versions`);
+    if (decision === "missing") lines.push(`# Would leave ${workload} alone: it does not exist`);
   }
-  if ((current.type ?? "Opaque") !== config.secretType) {
-    throw new AgentError(
-      "config",
-      `Cannot update Secret "${where}": its type is "${current.type}" but SYNC_SECRET_TYPE is "${config.secretType}", and a Secret's type cannot change; delete it or set SYNC_SECRET_TYPE`,
-    );
-  }
-  if (current.metadata.labels?.[MANAGED_BY_LABEL] !== MANAGED_BY_VALUE && !config.adopt) {
-    throw new AgentError(
-      "config",
-      `Cannot update Secret "${where}": it exists but was not created by sync (no label ${MANAGED_BY_LABEL}=${MANAGED_BY_VALUE}); set SYNC_ADOPT=true to replace its data`,
-    );
-  }
+  return lines;
 }
 
 function isConflict(error: unknown): boolean {
@@ -354,20 +261,4 @@ function withDeadline(error: unknown, signal: AbortSignal, deadline: AbortSignal
   if (deadline.aborted) return new AgentError("timeout", `Sync did not finish within SYNC_TIMEOUT (${timeoutMs} ms)`, { cause: error });
   if (signal.aborted) return new AgentError("timeout", "Sync was stopped by a signal before it finished", { cause: error });
   return error;
-}
-
-function stripServerFields(secret: KubeSecret): KubeSecret {
-  const { managedFields: _managed, uid: _uid, creationTimestamp: _created, ...metadata } = secret.metadata;
-  return { ...secret, metadata };
-}
-
-function sortedRecord<T>(record: Record<string, T>): Record<string, T> {
-  return Object.fromEntries(Object.keys(record).sort().map((key) => [key, record[key]!]));
-}
-
-function sameRecord(a: Record<string, string> | undefined, b: Record<string, string> | undefined): boolean {
-  const left = a ?? {};
-  const right = b ?? {};
-  const keys = new Set([...Object.keys(left), ...Object.keys(right)]);
-  return [...keys].every((key) => left[key] === right[key]);
 }

@@ -51,7 +51,7 @@ describe("csi config", () => {
 
     expect(config.socketPath).toBe("/etc/kubernetes/secrets-store-csi-providers/scaivault.sock");
     expect(config.socketMode).toBe(0o600);
-    expect(config.health).toEqual({ hostname: "0.0.0.0", port: 8098 });
+    expect(config.health).toEqual({ hostname: "::", port: 8098 });
     expect(config.allowedUrls.map((rule) => rule.text)).toEqual(["https://*"]);
     expect(config.maxResponseBytes).toBe(4 * 1024 * 1024);
     expect(config.mountTimeoutMs).toBe(30_000);

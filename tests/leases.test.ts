@@ -345,6 +345,27 @@ describe("LeaseManager", () => {
     expect((error as AgentError).message).toContain("DYNAMIC line 1 (engine=db role=nope -> a.json)");
   });
 
+  test("missing field revokes the new lease", async () => {
+    const { output } = outputDir();
+    const leases = manager("engine=db role=writer -> a.txt field=nope", output);
+    const before = activeLeases();
+
+    let error: unknown;
+    try {
+      await leases.start();
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(AgentError);
+    expect((error as AgentError).code).toBe("not_found");
+    expect((error as AgentError).message).toContain('field "nope" not found');
+
+    const summary = await leases.stop();
+    expect(summary.revoked).toHaveLength(1);
+    expect(summary.failed).toEqual([]);
+    expect(activeLeases()).toEqual(before);
+  });
+
   test("unreachable server retried in background", async () => {
     const { dir, output } = outputDir();
     const changes: string[][] = [];

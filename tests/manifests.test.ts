@@ -14,9 +14,23 @@ import { parseMountAttributes, POD_NAME, POD_NAMESPACE, POD_UID, SERVICE_ACCOUNT
 import { resolveTarget } from "../src/files.ts";
 import { parseDynamicMappings, parseSecretMappings } from "../src/mapping.ts";
 import { SETTINGS } from "../src/options.ts";
+import { EXIT_CODES } from "../src/errors.ts";
 import { loadSyncConfig } from "../src/sync-config.ts";
+import { formatTarget } from "../src/sync-restart.ts";
 import { ROOT } from "./helpers/cli.ts";
-import { containers, DEPLOY, envOf, isAgent, isKubernetesObject, loadDocuments, parseStream, podSpec, volumeAt, yamlFiles } from "./helpers/manifests.ts";
+import {
+  containers,
+  DEPLOY,
+  envOf,
+  isAgent,
+  isKubernetesObject,
+  kustomizationResources,
+  loadDocuments,
+  parseStream,
+  podSpec,
+  volumeAt,
+  yamlFiles,
+} from "./helpers/manifests.ts";
 
 const documents = loadDocuments();
 const kustomizations = documents.filter((document) => document.value?.kind === "Kustomization");
@@ -38,6 +52,17 @@ const OUTPUT_DIR = SETTINGS.output.outputDirs.default.split(",")[0]!;
 const FILE_MODE = Number.parseInt(SETTINGS.output.fileMode.default, 8);
 const HEALTH_PORT = Number(SETTINGS.sidecar.healthAddr.default.split(":").at(-1));
 const VERSION = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version as string;
+
+/** Values that mark a Secret as a template to fill in, not one to apply. */
+const PLACEHOLDER = /REPLACE_WITH_|CHANGE_?ME|<[^>]*>|\.\.\./i;
+
+/** Returns the values of a Secret's data (decoded) and stringData. */
+function secretValues(secret: any): string[] {
+  return [
+    ...Object.values(secret.data ?? {}).map((value) => Buffer.from(String(value), "base64").toString("utf8")),
+    ...Object.values(secret.stringData ?? {}).map(String),
+  ];
+}
 
 const GUIDE_SECRETS = "environments/production/billing/database -> /run/secrets/db.json\nenvironments/production/billing/stripe   -> /run/secrets/stripe.json\n";
 const GUIDE_WATCH_PATHS = "environments/production/billing/database -> /run/secrets/db.json\n";
@@ -204,9 +229,43 @@ describe("manifest schemas", () => {
           failures.push(`${dir} ${rendered.kind}: ${(error as Error).message}`);
         }
         if (dir.includes("/examples/") && rendered.metadata?.namespace !== "billing") failures.push(`${dir} ${rendered.kind}: namespace is not billing`);
+        if (dir.includes("/examples/") && rendered.kind === "Secret" && secretValues(rendered).some((value) => PLACEHOLDER.test(value))) {
+          failures.push(`${dir}: renders the Secret ${rendered.metadata.name} with placeholder values`);
+        }
       }
     }
     expect(failures).toEqual([]);
+  });
+});
+
+describe("examples and Secrets", () => {
+  const examples = kustomizationDirs.filter((dir) => dir.startsWith(join(DEPLOY, "examples") + "/"));
+
+  test("placeholder check finds the client-credentials base", () => {
+    const secrets = kustomizationResources(join(DEPLOY, "base/client-credentials")).filter((object) => object.kind === "Secret");
+
+    expect(secrets.length).toBe(1);
+    expect(secretValues(secrets[0]).every((value) => PLACEHOLDER.test(value))).toBe(true);
+  });
+
+  test("no example brings in a placeholder Secret", () => {
+    expect(examples.length).toBeGreaterThan(5);
+    const offending: string[] = [];
+    for (const dir of examples) {
+      for (const secret of kustomizationResources(dir).filter((object) => object.kind === "Secret")) {
+        if (secretValues(secret).some((value) => PLACEHOLDER.test(value))) offending.push(`${dir}: ${secret.metadata.name}`);
+      }
+    }
+    expect(offending).toEqual([]);
+  });
+
+  test("client-credentials example mounts the Secret made by hand", () => {
+    const kustomization = parseStream(readFileSync(join(DEPLOY, "examples/client-credentials/kustomization.yaml"), "utf8"))[0];
+    const patch = patches.find((document) => document.file === "deploy/examples/client-credentials/client-credentials-patch.yaml")!.value;
+
+    expect(kustomization.resources).not.toContain("../../base/client-credentials");
+    expect(patch.spec.template.spec.volumes[0].secret.secretName).toBe("scaivault-client-credentials");
+    expect(readFileSync(join(DEPLOY, "examples/client-credentials/kustomization.yaml"), "utf8")).toContain("kubectl -n billing create secret generic scaivault-client-credentials");
   });
 });
 
@@ -395,6 +454,7 @@ describe("RBAC and ordering", () => {
     expect(binding.roleRef.name).toBe(role.metadata.name);
     expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: spec.serviceAccountName }]);
     expect(cronJob.spec.concurrencyPolicy).toBe("Forbid");
+    expect(readFileSync(join(DEPLOY, "base/rolling-restart/cronjob.yaml"), "utf8")).toContain("one minor version");
   });
 
   test("sync may only write its Secret", () => {
@@ -405,11 +465,41 @@ describe("RBAC and ordering", () => {
 
     expect(role.rules).toEqual([
       { apiGroups: [""], resources: ["secrets"], resourceNames: [secretName], verbs: ["get", "update"] },
+      // SYNC_RESTART reads the Deployment and patches its pod template.
+      { apiGroups: ["apps"], resources: ["deployments"], resourceNames: ["billing"], verbs: ["get", "patch"] },
       // create cannot be limited by name: the name is unknown when the request is authorized.
       { apiGroups: [""], resources: ["secrets"], verbs: ["create"] },
     ]);
     expect(binding.roleRef.name).toBe(role.metadata.name);
     expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: podSpec(job).serviceAccountName }]);
+  });
+
+  test("sync restarts the Deployment that reads its Secret", () => {
+    const job = object("deploy/base/sync-job/job.yaml", "Job");
+    const role = object("deploy/base/sync-job/role.yaml", "Role");
+    const deployment = object("deploy/examples/pre-deploy-sync/deployment.yaml", "Deployment");
+    const env = envOf(podSpec(job).containers[0]);
+    const config = loadSyncConfig({}, { ...env, KUBERNETES_SERVICE_HOST: "10.96.0.1", SYNC_NAMESPACE: "billing" });
+
+    expect(config.restart.map(formatTarget)).toEqual([`deployment/${deployment.metadata.name}`]);
+    const granted = role.rules.find((rule: any) => rule.resources.includes("deployments"));
+    expect(granted.resourceNames).toEqual(config.restart.map((target) => target.name));
+    // The application reads the Secret through environment variables, fixed when a container starts.
+    const readsEnv = podSpec(deployment).containers.some((container: any) => (container.env ?? []).some((entry: any) => entry.valueFrom?.secretKeyRef?.name === env.SYNC_SECRET_NAME));
+    expect(readsEnv).toBe(true);
+  });
+
+  test("sync Job fails at once on unrecoverable exits", () => {
+    const job = object("deploy/base/sync-job/job.yaml", "Job");
+    const spec = podSpec(job);
+    const [failJob, ignore] = job.spec.podFailurePolicy.rules;
+    const unrecoverable = [EXIT_CODES.config, EXIT_CODES.auth, EXIT_CODES.forbidden, EXIT_CODES.not_found];
+
+    expect(spec.restartPolicy).toBe("Never");
+    expect(failJob).toEqual({ action: "FailJob", onExitCodes: { containerName: spec.containers[0].name, operator: "In", values: unrecoverable } });
+    expect(unrecoverable).toEqual([2, 3, 4, 5]);
+    expect(ignore).toEqual({ action: "Ignore", onPodConditions: [{ type: "DisruptionTarget" }] });
+    expect(job.spec.backoffLimit).toBeGreaterThan(0);
   });
 
   test("sync Job runs before the Deployment", () => {

@@ -13,7 +13,7 @@ test("loadSidecarConfig applies the guide's defaults", () => {
   expect(config.reloadSignal).toBe("SIGHUP");
   expect(config.reloadTarget).toBeUndefined();
   expect(config.reloadTargetWaitMs).toBe(60_000);
-  expect(config.health).toEqual({ hostname: "0.0.0.0", port: 8099 });
+  expect(config.health).toEqual({ hostname: "::", port: 8099 });
   expect(config.events).toBe(true);
   expect(config.startJitterMs).toBe(10_000);
   expect(config.readyMaxStalenessMs).toBeUndefined();

@@ -12,8 +12,14 @@ import { join } from "node:path";
 import { startDevServer, type DevServer } from "../src/dev/server.ts";
 import { AgentError, EXIT_CODES } from "../src/errors.ts";
 import { configureLogging } from "../src/log.ts";
-import { parseSyncMapping } from "../src/sync-config.ts";
-import { buildSecretData, MAX_CONFLICT_ROUNDS, SOURCES_ANNOTATION } from "../src/sync.ts";
+import { KubeClient } from "../src/kube.ts";
+import { MAX_CAUSE_LENGTH } from "../src/kube-errors.ts";
+import { MAX_SECRET_DATA_BYTES } from "../src/kube-secret-rules.ts";
+import { createFetch } from "../src/runtime.ts";
+import { loadSyncConfig, parseSyncMapping } from "../src/sync-config.ts";
+import { MAX_CONFLICT_ROUNDS } from "../src/sync.ts";
+import { parseRestartTargets, SECRET_VERSIONS_ANNOTATION, secretVersionsHash } from "../src/sync-restart.ts";
+import { buildSecretData, checkSecretSize, LAST_APPLIED_ANNOTATION, SOURCES_ANNOTATION } from "../src/sync-secret.ts";
 import type { Secret } from "../src/contract.ts";
 import { baseEnv, logLines, MOD, runCli, type CliResult } from "./helpers/cli.ts";
 import { makeJwt } from "./helpers/jwt.ts";
@@ -23,6 +29,7 @@ const DATABASE = "environments/production/billing/database";
 const STRIPE = "environments/production/billing/stripe";
 const CERT = "environments/production/billing/cert";
 const DENIED = "environments/production/payroll/database";
+const LARGE = "environments/production/billing/large";
 const SECRET_KEY = "billing/billing-secrets";
 
 const BINARY = Buffer.from(Array.from({ length: 300 }, (_, index) => (index * 13) % 256));
@@ -31,6 +38,8 @@ const SEED: Record<string, Record<string, unknown>> = {
   [STRIPE]: { secret_key: "sk_live_Str1peKey-9d8c", publishable_key: "pk_live_Pub11shable-77" },
   [CERT]: { blob: BINARY.toString("base64") },
   [DENIED]: { password: "payroll-Den1ed-Secret" },
+  // Two fields of 600,000 bytes: together over the 1 MiB that Kubernetes allows in one Secret.
+  [LARGE]: { part1: "L".repeat(600_000), part2: "M".repeat(600_000) },
 };
 
 const MAPPING = [
@@ -447,6 +456,237 @@ describe("sync --dry-run", () => {
   });
 });
 
+describe("sync and kubectl's last-applied annotation", () => {
+  const OLD_VALUE = "old-Leaked-Passw0rd-5512";
+  const FOREIGN_NOTE = "foreign-Note-Value-9921";
+  const FOREIGN_LABEL = "payments-Label-77";
+
+  /** Stores the Secret as `kubectl apply` would leave it: its old data copied into an annotation. */
+  function putApplied(data: Record<string, string> = { DB_PASSWORD: Buffer.from(OLD_VALUE).toString("base64") }): void {
+    const lastApplied = JSON.stringify({ apiVersion: "v1", kind: "Secret", metadata: { name: "billing-secrets", namespace: "billing" }, stringData: { DB_PASSWORD: OLD_VALUE } });
+    kube.put({
+      apiVersion: "v1",
+      kind: "Secret",
+      type: "Opaque",
+      metadata: {
+        name: "billing-secrets",
+        namespace: "billing",
+        labels: { "app.kubernetes.io/managed-by": "scaivault-agent", team: FOREIGN_LABEL },
+        annotations: { [LAST_APPLIED_ANNOTATION]: lastApplied, "example.com/note": FOREIGN_NOTE },
+      },
+      data,
+    });
+  }
+
+  beforeAll(() => {
+    SENSITIVE.push(OLD_VALUE, Buffer.from(OLD_VALUE).toString("base64"));
+  });
+
+  test("update removes the last-applied annotation", async () => {
+    putApplied();
+
+    const result = await sync();
+
+    expect(result.code).toBe(0);
+    const secret = kube.secrets.get(SECRET_KEY)!;
+    expect(secret.metadata.annotations[LAST_APPLIED_ANNOTATION]).toBeUndefined();
+    expect(secret.metadata.annotations["example.com/note"]).toBe(FOREIGN_NOTE);
+    expect(JSON.stringify(secret)).not.toContain(OLD_VALUE);
+    const removed = logLines(result.stderr).find((line) => line.msg === "Removed annotation that contains an earlier copy of the data");
+    expect(removed?.annotation).toBe(LAST_APPLIED_ANNOTATION);
+    expect(removed?.secret).toBe(SECRET_KEY);
+  });
+
+  test("current data with the annotation still updates", async () => {
+    await sync();
+    const current = kube.secrets.get(SECRET_KEY)!;
+    putApplied(current.data);
+    kube.requests.length = 0;
+
+    const result = await sync();
+
+    expect(result.code).toBe(0);
+    expect(kube.count("PUT")).toBe(1);
+    expect(kube.secrets.get(SECRET_KEY)!.metadata.annotations[LAST_APPLIED_ANNOTATION]).toBeUndefined();
+    expect(logLines(result.stderr).find((line) => line.msg === "Updated Secret")?.changedKeys).toEqual([]);
+  });
+
+  test("dry run prints only what sync owns", async () => {
+    putApplied();
+
+    const result = await sync({ SYNC_LABELS: "tier=backend" }, ["--dry-run"]);
+
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain("sync would update Secret billing/billing-secrets");
+    expect(result.stdout).toContain(`# The update would remove the annotation ${LAST_APPLIED_ANNOTATION}`);
+    expect(result.stdout).toContain("app.kubernetes.io/managed-by: scaivault-agent");
+    expect(result.stdout).toContain("tier: backend");
+    expect(result.stdout).toContain(SOURCES_ANNOTATION);
+    expect(result.stdout).toContain("DB_PASSWORD: <redacted, 16 bytes>");
+    for (const foreign of [OLD_VALUE, FOREIGN_NOTE, FOREIGN_LABEL, "example.com/note", `${LAST_APPLIED_ANNOTATION}:`, "resourceVersion", "uid"]) {
+      expect(result.stdout).not.toContain(foreign);
+    }
+    expect(kube.count("PUT")).toBe(0);
+  });
+});
+
+describe("sync restarts workloads", () => {
+  const RESTART = { SYNC_RESTART: "deployment/billing" };
+
+  function deployment() {
+    return kube.workloads.get("deployments/billing/billing")!;
+  }
+
+  function expectedHash(): string {
+    return secretVersionsHash(JSON.parse(kube.secrets.get(SECRET_KEY)!.metadata.annotations[SOURCES_ANNOTATION]));
+  }
+
+  test("restart patches the pod template on change", async () => {
+    kube.putWorkload("deployments", "billing", "billing");
+
+    const result = await sync(RESTART);
+
+    expect(result.code).toBe(0);
+    const patches = kube.requests.filter((request) => request.method === "PATCH");
+    expect(patches.map((request) => `${request.path}${request.query}`)).toEqual(["/apis/apps/v1/namespaces/billing/deployments/billing?fieldManager=scaivault-agent"]);
+    expect(patches[0]!.contentType).toBe("application/merge-patch+json");
+    expect(deployment().spec.template.metadata!.annotations![SECRET_VERSIONS_ANNOTATION]).toBe(expectedHash());
+    expect(deployment().metadata.generation).toBe(2);
+    expect(deployment().spec.template.metadata!.labels).toEqual({ app: "billing" });
+    expect(logLines(result.stderr).find((line) => line.msg === "Sync finished")?.restarted).toEqual(["deployment/billing"]);
+  });
+
+  test("restart leaves the workload on a no-op", async () => {
+    kube.putWorkload("deployments", "billing", "billing");
+    await sync(RESTART);
+    kube.requests.length = 0;
+
+    const result = await sync(RESTART);
+
+    expect(result.code).toBe(0);
+    expect(kube.count("PUT")).toBe(0);
+    expect(kube.count("PATCH")).toBe(0);
+    expect(deployment().metadata.generation).toBe(2);
+    expect(messages(result)).toContain("Workload already runs these secret versions");
+  });
+
+  test("restart follows a new secret version", async () => {
+    kube.putWorkload("deployments", "billing", "billing");
+    await sync(RESTART);
+    const first = deployment().spec.template.metadata!.annotations![SECRET_VERSIONS_ANNOTATION];
+    server.state.secrets.write(DATABASE, { data: { ...SEED[DATABASE], password: "db-R0tated-Pass-4455" } });
+    SENSITIVE.push("db-R0tated-Pass-4455");
+
+    try {
+      const result = await sync(RESTART);
+
+      expect(result.code).toBe(0);
+      expect(kube.count("PATCH")).toBe(2);
+      const second = deployment().spec.template.metadata!.annotations![SECRET_VERSIONS_ANNOTATION];
+      expect(second).not.toBe(first);
+      expect(second).toBe(expectedHash());
+      expect(deployment().metadata.generation).toBe(3);
+    } finally {
+      server.state.secrets.write(DATABASE, { data: SEED[DATABASE]! });
+    }
+  });
+
+  test("restart reports a forbidden patch", async () => {
+    kube.putWorkload("deployments", "billing", "billing");
+    kube.deniedWorkloads.add("patch");
+
+    const result = await sync(RESTART);
+
+    expect(result.code).toBe(EXIT_CODES.forbidden);
+    expect(result.stderr).toContain('Cannot patch Deployment \\"billing/billing\\": the Kubernetes API returned 403 Forbidden');
+    expect(result.stderr).toContain('grant the pod\'s service account get and patch on deployments \\"billing\\" in the API group \\"apps\\"');
+    expect(result.stderr).toContain("The Secret is created, but the pods of deployment/billing keep the values they started with until they restart");
+    expect(kube.secrets.has(SECRET_KEY)).toBe(true);
+    expect(deployment().metadata.generation).toBe(1);
+  });
+
+  test("restart retries after a failed run", async () => {
+    kube.putWorkload("deployments", "billing", "billing", { [SECRET_VERSIONS_ANNOTATION]: "sha256:versions-of-an-earlier-run" });
+    kube.deniedWorkloads.add("patch");
+    expect((await sync(RESTART)).code).toBe(EXIT_CODES.forbidden);
+    kube.deniedWorkloads.clear();
+
+    const result = await sync(RESTART);
+
+    expect(result.code).toBe(0);
+    expect(messages(result)).toContain("Secret already current");
+    expect(deployment().spec.template.metadata!.annotations![SECRET_VERSIONS_ANNOTATION]).toBe(expectedHash());
+  });
+
+  test("restart reports a forbidden read", async () => {
+    kube.putWorkload("deployments", "billing", "billing");
+    kube.deniedWorkloads.add("get");
+
+    const result = await sync(RESTART);
+
+    expect(result.code).toBe(EXIT_CODES.forbidden);
+    expect(result.stderr).toContain('Cannot get Deployment \\"billing/billing\\"');
+    expect(kube.count("PATCH")).toBe(0);
+  });
+
+  test("restart skips a missing workload", async () => {
+    const result = await sync(RESTART);
+
+    expect(result.code).toBe(0);
+    expect(kube.secrets.has(SECRET_KEY)).toBe(true);
+    expect(kube.count("PATCH")).toBe(0);
+    expect(messages(result)).toContain("Workload to restart not found, leaving it");
+  });
+
+  test("restart handles StatefulSets and DaemonSets", async () => {
+    kube.putWorkload("statefulsets", "billing", "billing-db");
+    kube.putWorkload("daemonsets", "billing", "billing-agent");
+
+    const result = await sync({ SYNC_RESTART: "sts/billing-db, daemonset/billing-agent" });
+
+    expect(result.code).toBe(0);
+    for (const key of ["statefulsets/billing/billing-db", "daemonsets/billing/billing-agent"]) {
+      expect(kube.workloads.get(key)!.spec.template.metadata!.annotations![SECRET_VERSIONS_ANNOTATION]).toBe(expectedHash());
+    }
+  });
+
+  test("dry run shows the restart without patching", async () => {
+    kube.putWorkload("deployments", "billing", "billing");
+
+    const result = await sync(RESTART, ["--dry-run"]);
+
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain("# Would restart deployment/billing: its pod template lacks the secret versions sha256:");
+    expect(kube.count("PATCH")).toBe(0);
+    expect(kube.count("POST")).toBe(0);
+  });
+
+  test.each([
+    ["deployment/billing", [{ kind: "Deployment", name: "billing" }]],
+    ["deploy/a,sts/b ds/c", [{ kind: "Deployment", name: "a" }, { kind: "StatefulSet", name: "b" }, { kind: "DaemonSet", name: "c" }]],
+    ["StatefulSets/db", [{ kind: "StatefulSet", name: "db" }]],
+    ["", []],
+  ])("SYNC_RESTART %p parses", (text, expected) => {
+    expect(parseRestartTargets(text)).toEqual(expected as never);
+  });
+
+  test.each([
+    ["job/billing", '"job/billing" is not kind/name'],
+    ["billing", '"billing" is not kind/name'],
+    ["deployment/Billing", '"Billing" in "deployment/Billing" is no valid name'],
+    ["deployment/a/b", '"deployment/a/b" is not kind/name'],
+    ["deployment/a,deploy/a", '"deploy/a" is given twice'],
+  ])("SYNC_RESTART %p is rejected", (text, message) => {
+    expect(() => parseRestartTargets(text)).toThrow(message);
+  });
+
+  test("secret versions hash ignores order", () => {
+    expect(secretVersionsHash({ a: 1, b: 2 })).toBe(secretVersionsHash({ b: 2, a: 1 }));
+    expect(secretVersionsHash({ a: 1, b: 2 })).not.toBe(secretVersionsHash({ a: 1, b: 3 }));
+    expect(secretVersionsHash({ a: 1 })).toMatch(/^sha256:[0-9a-f]{32}$/);
+  });
+});
+
 describe("sync mapping", () => {
   test.each([
     [`${DATABASE} -> db.json`, { path: DATABASE, target: "db.json", format: "json" }],
@@ -462,6 +702,10 @@ describe("sync mapping", () => {
     [`${DATABASE} -> * format=env`, '"-> *" copies every field as it is'],
     [`${DATABASE}#password -> PASS mode=0400`, "mode= has no meaning for a Secret key"],
     [`${DATABASE} -> db/json`, 'invalid Secret key "db/json"'],
+    [`${DATABASE} -> .`, 'invalid Secret key ".": Kubernetes rejects "." as a key'],
+    [`${DATABASE} -> ..`, 'invalid Secret key "..": Kubernetes rejects ".." as a key'],
+    [`${DATABASE}#password -> ..data`, 'invalid Secret key "..data": Kubernetes rejects keys that start with ".."'],
+    [`${DATABASE} -> ${"k".repeat(254)}`, "longer than 253 characters"],
     [`${DATABASE}#a -> KEY\n${STRIPE}#b -> KEY`, '"KEY" is already written by line 1'],
     ["", "SYNC_MAPPING is not set"],
   ])("mapping %p is rejected", (text, message) => {
@@ -492,6 +736,19 @@ describe("sync mapping", () => {
     expect((error as AgentError).message).toContain('Cannot copy field "db password"');
   });
 
+  test.each([".", "..", "..data"])("field %p is no Secret key for * lines", (field) => {
+    const mappings = parseSyncMapping(`${DATABASE} -> *`);
+    const secrets = new Map<string, Secret>([[DATABASE, { path: DATABASE, version: 4, secretType: "json", data: { [field]: "x", ok: "y" } }]]);
+
+    expect(() => buildSecretData(mappings, secrets)).toThrow(`Cannot copy field "${field}"`);
+    expect(() => buildSecretData(mappings, secrets)).toThrow("Kubernetes rejects");
+  });
+
+  test("a key with single dots is accepted", () => {
+    expect(parseSyncMapping(`${DATABASE} -> .env`)[0]!.target).toBe(".env");
+    expect(parseSyncMapping(`${DATABASE} -> a..b`)[0]!.target).toBe("a..b");
+  });
+
   test("non-string fields are written as JSON", () => {
     const mappings = parseSyncMapping(`${DATABASE} -> *`);
     const secrets = new Map<string, Secret>([[DATABASE, { path: DATABASE, version: 2, secretType: "json", data: { port: 5432, tls: true } }]]);
@@ -501,6 +758,144 @@ describe("sync mapping", () => {
     expect(new TextDecoder().decode(data.get("port"))).toBe("5432");
     expect(new TextDecoder().decode(data.get("tls"))).toBe("true");
     expect(sources).toEqual({ [DATABASE]: 2 });
+  });
+});
+
+describe("sync data size", () => {
+  const config = loadSyncConfig({}, { SYNC_SECRET_NAME: "billing-secrets", SYNC_NAMESPACE: "billing", SYNC_MAPPING: `${DATABASE} -> *`, SYNC_DRY_RUN: "true", SCAIVAULT_URL: "https://scaivault.example.com" });
+
+  test("size check accepts exactly 1 MiB", () => {
+    const data = new Map([
+      ["a", new Uint8Array(MAX_SECRET_DATA_BYTES - 10)],
+      ["b", new Uint8Array(10)],
+    ]);
+    expect(() => checkSecretSize(config, data)).not.toThrow();
+  });
+
+  test("size check rejects one byte more", () => {
+    const data = new Map([
+      ["a", new Uint8Array(MAX_SECRET_DATA_BYTES - 10)],
+      ["b", new Uint8Array(11)],
+    ]);
+
+    let error: unknown;
+    try {
+      checkSecretSize(config, data);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(AgentError);
+    expect((error as AgentError).code).toBe("config");
+    expect((error as AgentError).message).toContain(`its data would be ${MAX_SECRET_DATA_BYTES + 1} bytes, more than the ${MAX_SECRET_DATA_BYTES} bytes`);
+    expect((error as AgentError).message).toContain(`Largest keys: a (${MAX_SECRET_DATA_BYTES - 10} bytes), b (11 bytes)`);
+  });
+
+  test("sync rejects data over 1 MiB before writing", async () => {
+    const result = await sync({ SYNC_MAPPING: `${LARGE} -> *` });
+
+    expect(result.code).toBe(EXIT_CODES.config);
+    expect(result.stderr).toContain("its data would be 1200000 bytes, more than the 1048576 bytes (1 MiB)");
+    expect(result.stderr).toContain("part1 (600000 bytes)");
+    expect(kube.count("GET")).toBe(0);
+    expect(kube.count("POST")).toBe(0);
+  });
+
+  test("dry run rejects data over 1 MiB", async () => {
+    const result = await sync({ SYNC_MAPPING: `${LARGE} -> *` }, ["--dry-run"]);
+
+    expect(result.code).toBe(EXIT_CODES.config);
+    expect(result.stderr).toContain("more than the 1048576 bytes (1 MiB)");
+    expect(result.stdout).toBe("");
+  });
+
+  test("dry run prints the data size", async () => {
+    const result = await sync({ SYNC_MAPPING: `${LARGE}#part1 -> part1` }, ["--dry-run"]);
+
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain(`# Data size: 600000 of at most ${MAX_SECRET_DATA_BYTES} bytes`);
+  });
+});
+
+describe("Kubernetes API errors", () => {
+  const sent = "kube-Sent-Value-7731";
+
+  function client(): KubeClient {
+    return new KubeClient({ apiUrl: kube.url, tokenFile: kubeTokenFile, fetch: createFetch(certs.caFile), maxAttempts: 1 });
+  }
+
+  async function failure(action: () => Promise<unknown>): Promise<AgentError> {
+    try {
+      await action();
+    } catch (error) {
+      outputs.push(String((error as Error).message));
+      return error as AgentError;
+    }
+    throw new Error("expected the request to fail");
+  }
+
+  test("invalid key names the field and the rule", async () => {
+    const secret = { apiVersion: "v1" as const, kind: "Secret" as const, metadata: { name: "billing-secrets" }, data: { "..data": Buffer.from(sent).toString("base64") } };
+
+    const error = await failure(() => client().createSecret("billing", secret));
+
+    expect(error.code).toBe("config");
+    expect(error.message).toContain("returned 422 Invalid; the API server reported: data[..data]: Invalid value: <value>: must not start with '..'");
+  });
+
+  test("cause messages never repeat sent values", async () => {
+    const encoded = Buffer.from(sent).toString("base64");
+    kube.failNext = {
+      code: 422,
+      reason: "Invalid",
+      message: `Secret "billing-secrets" is invalid: data[token]: ${sent}`,
+      causes: [
+        { reason: "FieldValueInvalid", field: "data[token]", message: `Invalid value: "${encoded}": value rejected` },
+        { reason: "FieldValueInvalid", field: "metadata.annotations", message: `Forbidden: the value ${sent} is not allowed here` },
+      ],
+    };
+    const secret = { apiVersion: "v1" as const, kind: "Secret" as const, metadata: { name: "billing-secrets" }, data: { token: encoded } };
+
+    const error = await failure(() => client().createSecret("billing", secret));
+
+    expect(error.message).toContain("data[token]: Invalid value: <value>: value rejected");
+    expect(error.message).toContain("metadata.annotations: Forbidden: the value <value> is not allowed here");
+    expect(error.message).not.toContain(sent);
+    expect(error.message).not.toContain(encoded);
+  });
+
+  test("cause messages are cut and counted", async () => {
+    kube.failNext = {
+      code: 422,
+      reason: "Invalid",
+      message: "invalid",
+      causes: Array.from({ length: 7 }, (_, index) => ({ reason: "FieldValueInvalid", field: `spec.field${index}`, message: `Invalid value: 1: ${"x".repeat(500)}` })),
+    };
+
+    const error = await failure(() => client().getSecret("billing", "billing-secrets"));
+
+    const reported = error.message.split("the API server reported: ")[1]!.split("; ");
+    expect(reported.length).toBe(6);
+    for (const item of reported.slice(0, 5)) expect(item.length).toBeLessThanOrEqual("spec.fieldN: ".length + MAX_CAUSE_LENGTH);
+    expect(reported[0]).toEndWith("…");
+    expect(reported[5]).toBe("and 2 more");
+  });
+
+  test("missing Kubernetes token file exits with the auth code", async () => {
+    const result = await sync({ KUBERNETES_TOKEN_FILE: join(scratch, "no-such-token") });
+
+    expect(result.code).toBe(EXIT_CODES.auth);
+    expect(result.stderr).toContain("Cannot read KUBERNETES_TOKEN_FILE");
+    expect(kube.requests.length).toBe(0);
+  });
+
+  test("empty Kubernetes token file exits with the auth code", async () => {
+    const empty = join(scratch, "empty-token");
+    writeFileSync(empty, "\n");
+
+    const result = await sync({ KUBERNETES_TOKEN_FILE: empty });
+
+    expect(result.code).toBe(EXIT_CODES.auth);
+    expect(result.stderr).toContain("is empty");
   });
 });
 

@@ -1,9 +1,11 @@
 /**
- * A local HTTPS server that implements the Kubernetes Secret endpoints `sync` uses: get, create
- * and replace with `resourceVersion`, with the API server's `Status` error bodies, a bearer-token
- * check, per-verb denials and hooks that play a concurrent writer. Certificates come from
- * `openssl` into a temp dir: a CA, a server certificate for 127.0.0.1 signed by it, and a second,
- * unrelated CA for the certificate-verification case.
+ * A local HTTPS server that implements the Kubernetes endpoints `sync` uses: Secret get, create
+ * and replace with `resourceVersion`, and get and merge-patch of Deployments, StatefulSets and
+ * DaemonSets. It responds with the API server's `Status` error bodies, checks the bearer token,
+ * validates Secrets as Kubernetes does (key names, 1 MiB of data), and has per-verb denials and
+ * hooks that play a concurrent writer. Certificates come from `openssl` into a temp dir: a CA, a
+ * server certificate for 127.0.0.1 signed by it, and a second, unrelated CA for the
+ * certificate-verification case.
  */
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -42,6 +44,8 @@ export function makeCertificates(dir: string): TestCertificates {
 }
 
 export type Verb = "get" | "create" | "update";
+export type WorkloadVerb = "get" | "patch";
+export type WorkloadResource = "deployments" | "statefulsets" | "daemonsets";
 
 /** One request the server received; bodies are not kept. */
 export interface RecordedRequest {
@@ -49,6 +53,21 @@ export interface RecordedRequest {
   path: string;
   query: string;
   authorization: string | null;
+  contentType: string | null;
+}
+
+export interface StoredWorkload {
+  apiVersion: "apps/v1";
+  kind: string;
+  metadata: Record<string, any> & { name: string; namespace: string; resourceVersion: string; generation: number };
+  spec: Record<string, any> & { template: { metadata?: { annotations?: Record<string, string>; [key: string]: unknown }; [key: string]: unknown } };
+}
+
+/** One cause of a Status error, as the API server reports it. */
+export interface StatusCause {
+  reason: string;
+  field?: string;
+  message?: string;
 }
 
 export interface StoredSecret {
@@ -66,8 +85,16 @@ export interface FakeKubeApi {
   requests: RecordedRequest[];
   /** Secrets by `namespace/name`. */
   secrets: Map<string, StoredSecret>;
-  /** Verbs that get 403 Forbidden. */
+  /** Verbs on Secrets that get 403 Forbidden. */
   denied: Set<Verb>;
+  /** Workloads by `resource/namespace/name`, such as `deployments/billing/billing`. */
+  workloads: Map<string, StoredWorkload>;
+  /** Verbs on workloads that get 403 Forbidden. */
+  deniedWorkloads: Set<WorkloadVerb>;
+  /** Status error to send for the next request instead of handling it. */
+  failNext?: { code: number; reason: string; message: string; causes?: StatusCause[] };
+  /** Stores a workload with a pod template, as if someone had applied it. */
+  putWorkload(resource: WorkloadResource, namespace: string, name: string, templateAnnotations?: Record<string, string>): StoredWorkload;
   /** Runs before a PUT is checked, to change the Secret as another writer would. */
   beforeUpdate?: (key: string) => void;
   /** Runs before a POST is checked. */
@@ -87,6 +114,22 @@ export function startFakeKubeApi(certs: TestCertificates, token: string): FakeKu
     requests: [],
     secrets: new Map(),
     denied: new Set(),
+    workloads: new Map(),
+    deniedWorkloads: new Set(),
+    putWorkload(resource, namespace, name, templateAnnotations) {
+      const kind = { deployments: "Deployment", statefulsets: "StatefulSet", daemonsets: "DaemonSet" }[resource];
+      const workload: StoredWorkload = {
+        apiVersion: "apps/v1",
+        kind,
+        metadata: { name, namespace, uid: randomUUID(), resourceVersion: nextVersion(), generation: 1 },
+        spec: {
+          selector: { matchLabels: { app: name } },
+          template: { metadata: { labels: { app: name }, ...(templateAnnotations ? { annotations: templateAnnotations } : {}) }, spec: { containers: [{ name, image: "app:1" }] } },
+        },
+      };
+      api.workloads.set(`${resource}/${namespace}/${name}`, workload);
+      return workload;
+    },
     put(secret) {
       const key = `${secret.metadata.namespace}/${secret.metadata.name}`;
       const existing = api.secrets.get(key);
@@ -109,6 +152,9 @@ export function startFakeKubeApi(certs: TestCertificates, token: string): FakeKu
       api.requests.length = 0;
       api.secrets.clear();
       api.denied.clear();
+      api.workloads.clear();
+      api.deniedWorkloads.clear();
+      api.failNext = undefined;
       api.beforeUpdate = undefined;
       api.beforeCreate = undefined;
     },
@@ -116,9 +162,24 @@ export function startFakeKubeApi(certs: TestCertificates, token: string): FakeKu
 
   async function handle(request: Request): Promise<Response> {
     const url = new URL(request.url);
-    api.requests.push({ method: request.method, path: url.pathname, query: url.search, authorization: request.headers.get("authorization") });
+    api.requests.push({
+      method: request.method,
+      path: url.pathname,
+      query: url.search,
+      authorization: request.headers.get("authorization"),
+      contentType: request.headers.get("content-type"),
+    });
 
     if (request.headers.get("authorization") !== `Bearer ${token}`) return status(401, "Unauthorized", "Unauthorized");
+
+    const injected = api.failNext;
+    if (injected) {
+      api.failNext = undefined;
+      return status(injected.code, injected.reason, injected.message, undefined, injected.causes);
+    }
+
+    const workload = url.pathname.match(/^\/apis\/apps\/v1\/namespaces\/([^/]+)\/(deployments|statefulsets|daemonsets)\/([^/]+)$/);
+    if (workload) return handleWorkload(request, workload[2] as WorkloadResource, decodeURIComponent(workload[1]!), decodeURIComponent(workload[3]!));
 
     const match = url.pathname.match(/^\/api\/v1\/namespaces\/([^/]+)\/secrets(?:\/([^/]+))?$/);
     if (!match) return status(404, "NotFound", "the server could not find the requested resource");
@@ -142,8 +203,8 @@ export function startFakeKubeApi(certs: TestCertificates, token: string): FakeKu
     if (api.denied.has("create")) return forbidden("create", namespace, name);
     api.beforeCreate?.(`${namespace}/${name}`);
 
-    const problem = invalidSecret(body);
-    if (problem) return status(422, "Invalid", `Secret "${name}" is invalid`, name, problem);
+    const causes = invalidSecret(body);
+    if (causes.length) return status(422, "Invalid", `Secret "${name}" is invalid`, name, causes);
     if (api.secrets.has(`${namespace}/${name}`)) return status(409, "AlreadyExists", `secrets "${name}" already exists`, name);
 
     const stored = api.put({ ...body, metadata: { ...body.metadata, namespace, managedFields: managedFields(url) } });
@@ -159,17 +220,49 @@ export function startFakeKubeApi(certs: TestCertificates, token: string): FakeKu
     if (!current) return status(404, "NotFound", `secrets "${name}" not found`, name);
 
     // This server demands the version that was read, so a test proves that sync sends it.
-    if (!body.metadata?.resourceVersion) return status(422, "Invalid", "metadata.resourceVersion must be specified for an update", name, "metadata.resourceVersion");
+    if (!body.metadata?.resourceVersion) {
+      return status(422, "Invalid", "metadata.resourceVersion must be specified for an update", name, [
+        { reason: "FieldValueInvalid", field: "metadata.resourceVersion", message: "Invalid value: 0x0: must be specified for an update" },
+      ]);
+    }
     if (body.metadata.resourceVersion !== current.metadata.resourceVersion) {
       return status(409, "Conflict", `Operation cannot be fulfilled on secrets "${name}": the object has been modified; please apply your changes to the latest version and try again`, name);
     }
 
-    const problem = invalidSecret(body);
-    if (problem) return status(422, "Invalid", `Secret "${name}" is invalid`, name, problem);
-    if (body.type !== current.type) return status(422, "Invalid", `Secret "${name}" is invalid: type: field is immutable`, name, "type");
+    const causes = invalidSecret(body);
+    if (causes.length) return status(422, "Invalid", `Secret "${name}" is invalid`, name, causes);
+    if (body.type !== current.type) {
+      return status(422, "Invalid", `Secret "${name}" is invalid: type: field is immutable`, name, [{ reason: "FieldValueInvalid", field: "type", message: "Invalid value: \"" + body.type + "\": field is immutable" }]);
+    }
 
     const stored = api.put({ ...body, metadata: { ...body.metadata, namespace, managedFields: managedFields(url) } });
     return json(200, stored);
+  }
+
+  async function handleWorkload(request: Request, resource: WorkloadResource, namespace: string, name: string): Promise<Response> {
+    const verbs: Record<string, WorkloadVerb> = { GET: "get", PATCH: "patch" };
+    const verb = verbs[request.method];
+    if (!verb) return status(405, "MethodNotAllowed", "method not allowed");
+    if (api.deniedWorkloads.has(verb)) {
+      const message = `${resource}.apps "${name}" is forbidden: User "system:serviceaccount:${namespace}:scaivault-sync" cannot ${verb} resource "${resource}" in API group "apps" in the namespace "${namespace}"`;
+      return status(403, "Forbidden", message, name);
+    }
+
+    const key = `${resource}/${namespace}/${name}`;
+    const current = api.workloads.get(key);
+    if (!current) return status(404, "NotFound", `${resource}.apps "${name}" not found`, name);
+    if (verb === "get") return json(200, current);
+
+    const type = request.headers.get("content-type");
+    if (type !== "application/merge-patch+json" && type !== "application/strategic-merge-patch+json") {
+      return status(415, "UnsupportedMediaType", `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json`);
+    }
+
+    const patched = mergePatch(structuredClone(current), await request.json()) as StoredWorkload;
+    const specChanged = JSON.stringify(patched.spec) !== JSON.stringify(current.spec);
+    patched.metadata = { ...patched.metadata, name, namespace, resourceVersion: nextVersion(), generation: current.metadata.generation + (specChanged ? 1 : 0) };
+    api.workloads.set(key, patched);
+    return json(200, patched);
   }
 
   const server = Bun.serve({
@@ -194,7 +287,7 @@ function json(code: number, body: unknown): Response {
   return new Response(JSON.stringify(body), { status: code, headers: { "content-type": "application/json" } });
 }
 
-function status(code: number, reason: string, message: string, name?: string, field?: string): Response {
+function status(code: number, reason: string, message: string, name?: string, causes?: StatusCause[]): Response {
   return json(code, {
     kind: "Status",
     apiVersion: "v1",
@@ -202,7 +295,7 @@ function status(code: number, reason: string, message: string, name?: string, fi
     status: "Failure",
     message,
     reason,
-    details: { name, kind: "secrets", ...(field ? { causes: [{ reason: "FieldValueInvalid", field }] } : {}) },
+    details: { name, kind: "secrets", ...(causes?.length ? { causes } : {}) },
     code,
   });
 }
@@ -216,13 +309,36 @@ function managedFields(url: URL): unknown[] {
   return [{ manager: url.searchParams.get("fieldManager") ?? "unknown", operation: "Update", apiVersion: "v1" }];
 }
 
-/** Returns the field that makes `body` an invalid Secret, or undefined. */
-function invalidSecret(body: StoredSecret): string | undefined {
-  if (body.apiVersion !== "v1" || body.kind !== "Secret") return "kind";
-  if (!body.metadata?.name) return "metadata.name";
-  for (const [key, value] of Object.entries(body.data ?? {})) {
-    if (!/^[-._a-zA-Z0-9]+$/.test(key)) return `data[${key}]`;
-    if (typeof value !== "string" || Buffer.from(value, "base64").toString("base64") !== value) return `data[${key}]`;
+/** Applies a JSON merge patch (RFC 7386): objects merge, null removes, anything else replaces. */
+function mergePatch(target: unknown, patch: unknown): unknown {
+  if (patch === null || typeof patch !== "object" || Array.isArray(patch)) return patch;
+  const result: Record<string, unknown> = target !== null && typeof target === "object" && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete result[key];
+    else result[key] = mergePatch(result[key], value);
   }
-  return undefined;
+  return result;
+}
+
+/**
+ * Returns the causes that make `body` an invalid Secret, with Kubernetes' field names and
+ * messages: `IsConfigMapKey` for each key and the 1 MiB limit on the decoded data.
+ */
+function invalidSecret(body: StoredSecret): StatusCause[] {
+  if (body.apiVersion !== "v1" || body.kind !== "Secret") return [{ reason: "FieldValueInvalid", field: "kind" }];
+  if (!body.metadata?.name) return [{ reason: "FieldValueRequired", field: "metadata.name", message: "Required value: name or generateName is required" }];
+
+  const causes: StatusCause[] = [];
+  let total = 0;
+  for (const [key, value] of Object.entries(body.data ?? {})) {
+    const field = `data[${key}]`;
+    if (!/^[-._a-zA-Z0-9]+$/.test(key)) causes.push({ reason: "FieldValueInvalid", field, message: `Invalid value: "${key}": a valid config key must consist of alphanumeric characters, '-', '_' or '.'` });
+    else if (key === "." || key === "..") causes.push({ reason: "FieldValueInvalid", field, message: `Invalid value: "${key}": must not be '${key}'` });
+    else if (key.startsWith("..")) causes.push({ reason: "FieldValueInvalid", field, message: `Invalid value: "${key}": must not start with '..'` });
+
+    if (typeof value !== "string" || Buffer.from(value, "base64").toString("base64") !== value) causes.push({ reason: "FieldValueInvalid", field, message: "Invalid value: <value>: illegal base64 data" });
+    else total += Buffer.from(value, "base64").length;
+  }
+  if (total > 1024 * 1024) causes.push({ reason: "FieldValueTooLong", field: "data", message: "Too long: may not be more than 1048576 bytes" });
+  return causes;
 }

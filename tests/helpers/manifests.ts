@@ -58,6 +58,22 @@ export function parseStream(text: string): any[] {
     .filter((value) => value !== null);
 }
 
+/**
+ * Returns the objects a kustomization includes through `resources`, following directories and
+ * files recursively. Patches, generators and transformers are not applied: this finds what a
+ * kustomization brings in, not what it renders.
+ */
+export function kustomizationResources(dir: string): any[] {
+  const kustomization = parseStream(readFileSync(join(dir, "kustomization.yaml"), "utf8"))[0] ?? {};
+  const objects: any[] = [];
+  for (const resource of kustomization.resources ?? []) {
+    const path = join(dir, resource);
+    if (statSync(path).isDirectory()) objects.push(...kustomizationResources(path));
+    else objects.push(...parseStream(readFileSync(path, "utf8")).filter(isKubernetesObject));
+  }
+  return objects;
+}
+
 /** True for a Kubernetes object (not a Kustomization, a Chart.yaml or a values file). */
 export function isKubernetesObject(value: any): boolean {
   return typeof value?.apiVersion === "string" && typeof value?.kind === "string" && value.kind !== "Kustomization";
