@@ -1,8 +1,11 @@
 /** The frame of every command: logging set-up, shutdown signals and the exit code of an error. */
-import { AgentError, exitCodeOf } from "../errors.ts";
+import { AgentError, EXIT_CODES, exitCodeOf } from "../errors.ts";
 import { configureLogging, errorFields, getLogger, type LogFormat, type LogLevelName } from "../log.ts";
 
 const log = getLogger("cli");
+
+/** Time that clean-up after an unexpected failure may take before the process exits anyway. */
+const FATAL_EXIT_AFTER_MS = 15_000;
 
 export interface ActionContext {
   /** Aborted on the first SIGTERM or SIGINT. */
@@ -39,12 +42,27 @@ export async function runAction(args: Record<string, unknown>, action: (context:
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
 
+  // A bug that escapes every handler still shuts down through the signal, so that long-running
+  // commands run their clean-up (revoking leases, deleting the subscription) before exiting 1.
+  let fatal: unknown;
+  const onFatal = (error: unknown): void => {
+    if (fatal !== undefined) return;
+    fatal = error;
+    log.error("Unexpected failure, shutting down", { ...errorFields(error), stack: (error as Error)?.stack });
+    if (!controller.signal.aborted) controller.abort(new AgentError("internal", "Stopped by an unexpected failure"));
+    setTimeout(() => process.exit(EXIT_CODES.internal), FATAL_EXIT_AFTER_MS).unref?.();
+  };
+  process.on("uncaughtException", onFatal);
+  process.on("unhandledRejection", onFatal);
+
   let status: number;
   try {
     status = (await action({ signal: controller.signal, env })) ?? 0;
+    if (fatal !== undefined) status = EXIT_CODES.internal;
   } catch (error) {
     // A run cut short by a signal exits as the shell reports a signal: 128 + its number.
     status = stoppedBy ? 128 + (stoppedBy === "SIGINT" ? 2 : 15) : exitCodeOf(error);
+    if (fatal !== undefined) status = EXIT_CODES.internal;
     log.error(error instanceof AgentError ? "Command failed" : "Unexpected failure", {
       ...errorFields(error),
       exitCode: status,
