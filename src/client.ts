@@ -50,6 +50,8 @@ export interface ClientOptions {
   backoff?: BackoffOptions;
   /** Called after every attempt that reached the server. */
   onRequest?: (record: RequestRecord) => void;
+  /** Largest response body read; a longer one fails the attempt with a `server` error. @default 64 MiB */
+  maxResponseBytes?: number;
 }
 
 export interface RequestOptions {
@@ -83,6 +85,8 @@ export interface ReadResult {
 export const MAX_BATCH_PATHS = 100;
 /** Longest `Retry-After` the agent honours; a longer one fails the call at once. */
 export const MAX_RETRY_AFTER_MS = 5 * 60_000;
+/** Default of `ClientOptions.maxResponseBytes`. */
+export const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 /** Batch requests in flight at once for one `readSecrets` call. */
 const BATCH_CONCURRENCY = 4;
 
@@ -197,6 +201,8 @@ export class ScaiVaultClient {
       serverCode: lastError!.serverCode,
       requestId: lastError!.requestId,
       status: lastError!.status,
+      // Kept so that a caller with its own backoff (subscription creation) honours the server's wait.
+      retryAfterMs: lastError!.retryAfterMs,
     });
   }
 
@@ -284,7 +290,8 @@ export class ScaiVaultClient {
         continue;
       }
 
-      const entry = batch.errors.get(path) ?? { code: "secret_not_found", message: "missing from batch response" };
+      const found = batch.errors.get(path);
+      const entry = found ? { code: safeServerCode(found.code) } : { code: "secret_not_found" };
       result.errors.set(
         path,
         new AgentError(codeForServerCode(entry.code, 0), `Cannot read secret "${path}": ${entry.code}`, {
@@ -376,8 +383,14 @@ export class ScaiVaultClient {
 
     let text: string;
     try {
-      text = await response.text();
+      text = await readBodyText(response, this.#options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES);
     } catch (error) {
+      if (error instanceof ResponseBodyTooLargeError) {
+        throw new AgentError("server", `ScaiVault's response to ${method} ${options.route} exceeds ${error.limit} bytes; check that the base URL points at ScaiVault, or read fewer secrets at once`, {
+          requestId: response.headers.get("x-request-id") ?? requestId,
+          status: response.status,
+        });
+      }
       // The body stalled or the connection dropped half-way: a network failure, not a bad response.
       throw this.#networkError(error, method, options, requestId, timeout);
     }
@@ -519,13 +532,56 @@ class RetryableError extends AgentError {
 
 function errorFromResponse(response: Response, body: unknown, route: string, requestId: string): AgentError {
   const envelope = (body as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
-  const serverCode = typeof envelope?.code === "string" ? envelope.code : undefined;
+  const serverCode = envelope?.code === undefined ? undefined : safeServerCode(envelope.code);
   const code = codeForServerCode(serverCode, response.status);
 
   // The server's message is not included: a misbehaving server could echo a value into it.
   const message = `ScaiVault rejected ${route}: ${response.status} ${serverCode ?? response.statusText}`;
   const retryAfterMs = parseRetryAfter(response.headers.get("retry-after"));
   return new AgentError(code, message, { serverCode, requestId, status: response.status, retryAfterMs });
+}
+
+/**
+ * Returns a ScaiVault error code when it has the documented shape (lowercase snake case, at most
+ * 64 characters), else "unknown". Codes go into messages and logs, so a server that echoes a
+ * request value (a token) into the code must not get it there.
+ */
+export function safeServerCode(code: unknown): string {
+  return typeof code === "string" && /^[a-z][a-z0-9_]{0,63}$/.test(code) ? code : "unknown";
+}
+
+/** Error of `readBodyText` past its limit. */
+class ResponseBodyTooLargeError extends Error {
+  constructor(readonly limit: number) {
+    super(`response body exceeds ${limit} bytes`);
+  }
+}
+
+/** Reads a response body as UTF-8 text, cancelling the stream once it exceeds `limit` bytes. */
+async function readBodyText(response: Response, limit: number): Promise<string> {
+  const declared = Number(response.headers.get("content-length") ?? "");
+  if (Number.isFinite(declared) && declared > limit) {
+    await response.body?.cancel().catch(() => undefined);
+    throw new ResponseBodyTooLargeError(limit);
+  }
+  if (!response.body) return "";
+
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const parts: string[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel().catch(() => undefined);
+      throw new ResponseBodyTooLargeError(limit);
+    }
+    parts.push(decoder.decode(value, { stream: true }));
+  }
+  parts.push(decoder.decode());
+  return parts.join("");
 }
 
 /** Names a network failure: Node-style error code where the runtime gives one, else its message. */

@@ -1,8 +1,10 @@
 /**
  * The sidecar's event subscription: a polling subscription on the watched paths, long-polled,
- * each batch handed to the refresh and acknowledged only after the refresh wrote the files, and
- * deleted at exit. Creation is limited to 20 a minute per identity, so many replicas starting at
- * once see 429: creation then backs off (honouring `Retry-After`) while the interval poll goes on.
+ * each batch handed to the refresh and acknowledged only after the refresh wrote the files of its
+ * path, and deleted at exit. Creation is limited to 20 a minute per identity, so many replicas
+ * starting at once see 429: creation then backs off (waiting at least `Retry-After`) while the
+ * interval poll goes on. Creation runs beside the first sync and never delays it. A creation still
+ * in flight at shutdown is given a short time to finish, and the subscription it made is deleted.
  */
 import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
@@ -33,10 +35,15 @@ export interface EventWatcherOptions {
   /** Watched secret paths. */
   paths: string[];
   /**
-   * Refreshes the secret paths named by events. Resolves true when the files are written, so
-   * that the events may be acknowledged; false leaves them to be delivered again.
+   * Refreshes the secret paths named by events. Resolves with the paths whose files could not be
+   * made current: their events stay unacknowledged and are delivered again; the others are acknowledged.
    */
-  onEvents: (paths: string[]) => Promise<boolean>;
+  onEvents: (paths: string[]) => Promise<string[]>;
+  /**
+   * Client for subscription creation, not bound to the run signal, so that a creation that
+   * completes during shutdown still returns the id to delete. @default `client`
+   */
+  createClient?: ScaiVaultClient;
   /** Called when a subscription became active after a time without one, during which events were missed. */
   onGap?: () => void;
   onState?: (state: SubscriptionState) => void;
@@ -52,10 +59,21 @@ export class EventWatcher {
   readonly #name = `scaivault-agent-sidecar-${hostname().toLowerCase().replace(/[^a-z0-9-]/g, "-").slice(0, 60)}-${randomBytes(3).toString("hex")}`;
   #id: string | undefined;
   #state: SubscriptionState = "off";
+  /** The creation request in flight, with the controller that ends it. */
+  #creating: { promise: Promise<string>; controller: AbortController } | undefined;
+  #firstAttempt: { promise: Promise<void>; resolve: () => void };
 
   constructor(options: EventWatcherOptions) {
     this.#options = options;
     this.#watched = new Set(options.paths);
+    let resolve!: () => void;
+    const promise = new Promise<void>((done) => (resolve = done));
+    this.#firstAttempt = { promise, resolve };
+  }
+
+  /** Resolves when the first creation attempt succeeded or failed. */
+  get firstAttempt(): Promise<void> {
+    return this.#firstAttempt.promise;
   }
 
   get state(): SubscriptionState {
@@ -68,13 +86,13 @@ export class EventWatcher {
   }
 
   /**
-   * Tries once to create the subscription, without waiting on a 429. Called before the first
-   * sync, so that no change between that read and the subscription is missed.
+   * Tries once to create the subscription, without waiting on a 429. `run` creates it as well;
+   * this is for callers that want the subscription before anything else.
    */
-  async createOnce(): Promise<boolean> {
+  async createOnce(signal?: AbortSignal): Promise<boolean> {
     this.#setState("creating");
     try {
-      await this.#create();
+      await this.#create(signal);
       return true;
     } catch (error) {
       this.#setState("backoff");
@@ -92,7 +110,11 @@ export class EventWatcher {
       try {
         if (this.#id === undefined) {
           this.#setState("creating");
-          await this.#create();
+          try {
+            await this.#create(signal);
+          } finally {
+            this.#firstAttempt.resolve();
+          }
           failures = 0;
           this.#options.onGap?.();
         }
@@ -120,10 +142,11 @@ export class EventWatcher {
    * Deletes the subscription with `client`, whose requests must not end with the run signal.
    * Best effort: a failure is logged, and ScaiVault drops the subscription's events anyway.
    */
-  async stop(client: ScaiVaultClient): Promise<void> {
-    const id = this.#id;
+  async stop(client: ScaiVaultClient, options: { lateCreateWaitMs?: number } = {}): Promise<void> {
+    let id = this.#id;
     this.#id = undefined;
     this.#setState("stopped");
+    if (id === undefined && this.#creating) id = await this.#awaitLateCreate(options.lateCreateWaitMs ?? 3_000);
     if (id === undefined) return;
 
     try {
@@ -137,9 +160,31 @@ export class EventWatcher {
 
   // -------------------------------------------------------------------------------------------
 
-  async #create(): Promise<void> {
+  /**
+   * Creates the subscription. When `signal` aborts first, this rejects at once and the request
+   * goes on: `stop` then deletes what it created.
+   */
+  async #create(signal: AbortSignal | undefined): Promise<void> {
     const globs = subscriptionGlobs(this.#options.paths);
-    const response = await this.#options.client.request("POST", "/v1/subscriptions", {
+    const controller = new AbortController();
+    const client = (this.#options.createClient ?? this.#options.client).withSignal(controller.signal);
+    const promise = this.#requestCreate(client, globs);
+    const creating = { promise, controller };
+    this.#creating = creating;
+    // A creation that completes after the abort stays recorded, for `stop` to delete.
+    const settle = (succeeded: boolean) => {
+      if (this.#creating === creating && !(succeeded && signal?.aborted)) this.#creating = undefined;
+    };
+    promise.then(() => settle(true), () => settle(false));
+
+    const id = await raceAbort(promise, signal);
+    this.#id = id;
+    this.#setState("active");
+    log.info("Created event subscription", { subscription: id, globs: globs.length, paths: this.#options.paths.length });
+  }
+
+  async #requestCreate(client: ScaiVaultClient, globs: string[]): Promise<string> {
+    const response = await client.request("POST", "/v1/subscriptions", {
       route: "subscriptions.create",
       body: subscriptionRequest(this.#name, globs, WATCHED_EVENT_TYPES),
       // 429 is handled here with a longer backoff than the client's, so one attempt per call.
@@ -151,10 +196,26 @@ export class EventWatcher {
     if (typeof id !== "string" || id === "") {
       throw new AgentError("server", "Unexpected subscription response: no id", { requestId: response.requestId });
     }
+    return id;
+  }
 
-    this.#id = id;
-    this.#setState("active");
-    log.info("Created event subscription", { subscription: id, globs: globs.length, paths: this.#options.paths.length });
+  /** Waits up to `waitMs` for a creation still in flight at shutdown; returns the id it made. */
+  async #awaitLateCreate(waitMs: number): Promise<string | undefined> {
+    const creating = this.#creating!;
+    this.#creating = undefined;
+    log.info("Event subscription creation still in flight at shutdown: waiting for it, to delete it", { waitMs });
+
+    const timer = setTimeout(() => creating.controller.abort(new Error("shutdown")), waitMs);
+    try {
+      const id = await creating.promise;
+      log.info("Event subscription was created during shutdown: deleting it", { subscription: id });
+      return id;
+    } catch (error) {
+      log.info("Event subscription creation ended without a subscription", errorFields(error));
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Polls once; returns false when events came but could not be handled. */
@@ -173,21 +234,28 @@ export class EventWatcher {
     const paths = [...new Set(events.filter((event) => this.#watched.has(event.path)).map((event) => event.path))];
     log.debug("Received events", { subscription: id, events: events.length, paths });
 
-    if (paths.length > 0 && !(await this.#options.onEvents(paths))) {
-      log.warn("Refresh after events failed: the events stay unacknowledged", { subscription: id, events: events.length });
-      return false;
+    const failed = new Set(paths.length > 0 ? await this.#options.onEvents(paths) : []);
+    const done = events.filter((event) => !failed.has(event.path));
+    if (failed.size > 0) {
+      log.warn("Refresh after events left secrets not current: their events stay unacknowledged", {
+        subscription: id,
+        events: events.length - done.length,
+        paths: [...failed].slice(0, 20),
+      });
     }
 
-    try {
-      await this.#options.client.request("POST", `/v1/subscriptions/${encodeURIComponent(id)}/ack`, {
-        route: "subscriptions.ack",
-        body: { event_ids: events.map((event) => event.eventId) },
-      });
-    } catch (error) {
-      // The events come again with the next poll; the refresh then finds nothing new.
-      log.warn("Cannot acknowledge events", { subscription: id, events: events.length, ...errorFields(error) });
+    if (done.length > 0) {
+      try {
+        await this.#options.client.request("POST", `/v1/subscriptions/${encodeURIComponent(id)}/ack`, {
+          route: "subscriptions.ack",
+          body: { event_ids: done.map((event) => event.eventId) },
+        });
+      } catch (error) {
+        // The events come again with the next poll; the refresh then finds nothing new.
+        log.warn("Cannot acknowledge events", { subscription: id, events: done.length, ...errorFields(error) });
+      }
     }
-    return true;
+    return failed.size === 0;
   }
 
   /** Logs a failure and returns the wait before the next attempt. */
@@ -202,16 +270,15 @@ export class EventWatcher {
     }
 
     const creating = this.#id === undefined;
-    const waitMs = creating
-      ? (error instanceof AgentError ? (error.retryAfterMs ?? 0) : 0) + backoffDelay(failures, { baseMs: 2_000, maxMs: 300_000, random })
-      : backoffDelay(failures, { baseMs: 1_000, maxMs: 30_000, random });
+    // At least Retry-After, and at least half of the backoff ceiling, so that a failure is never retried at once.
+    const ceilingMs = Math.min(creating ? 300_000 : 30_000, (creating ? 2_000 : 1_000) * 2 ** (failures - 1));
+    const backoffMs = Math.floor(ceilingMs / 2) + backoffDelay(1, { baseMs: Math.ceil(ceilingMs / 2), maxMs: ceilingMs, random });
+    const retryAfterMs = error instanceof AgentError ? (error.retryAfterMs ?? 0) : 0;
+    const waitMs = creating ? Math.max(retryAfterMs, backoffMs) : backoffMs;
 
     if (creating) this.#setState("backoff");
-    log.warn(creating ? "Cannot create event subscription: polling meanwhile" : "Event poll failed", {
-      attempt: failures,
-      delayMs: waitMs,
-      ...errorFields(error),
-    });
+    const message = creating ? (failures === 1 ? "Cannot create event subscription yet: polling meanwhile" : "Cannot create event subscription: polling meanwhile") : "Event poll failed";
+    log.warn(message, { attempt: failures, delayMs: waitMs, retryAfterMs: retryAfterMs || undefined, ...errorFields(error) });
     return waitMs;
   }
 
@@ -238,4 +305,25 @@ export function subscriptionGlobs(paths: string[], max = MAX_SUBSCRIPTION_PATHS)
     if (globs.size <= max) return [...globs];
   }
   return ["**"];
+}
+
+/** Resolves or rejects with `promise`, or rejects as soon as `signal` aborts. */
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
 }

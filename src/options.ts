@@ -165,6 +165,18 @@ export const SETTINGS = {
       description: "Largest Mount response in bytes; the driver's gRPC client accepts 4 MiB unless --max-call-recv-msg-size raises it",
       default: "4194304",
     },
+    maxMounts: {
+      env: "CSI_MAX_MOUNTS",
+      flag: "max-mounts",
+      description: "Mount calls the provider runs at once; each may hold about 3 times CSI_MAX_RESPONSE_BYTES, so size it with the memory limit",
+      default: "4",
+    },
+    mountQueue: {
+      env: "CSI_MOUNT_QUEUE",
+      flag: "mount-queue",
+      description: "Mount calls that wait for a slot; further calls get UNAVAILABLE and the driver retries them",
+      default: "32",
+    },
   },
   sync: {
     secretName: { env: "SYNC_SECRET_NAME", flag: "secret-name", description: "Name of the Kubernetes Secret to create or update" },

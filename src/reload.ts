@@ -6,8 +6,9 @@
  *
  * Matching rule: a process matches `RELOAD_TARGET` when its `/proc/<pid>/comm` equals the name,
  * or when the last path segment of its `argv[0]` (`/proc/<pid>/cmdline`) equals the name. The
- * kernel truncates `comm` to 15 bytes, so a longer name also matches a `comm` equal to its first
- * 15 bytes. Zombies and the sidecar itself never match. When a matching process has a matching
+ * kernel truncates `comm` to 15 bytes, so a name longer than that must equal the last path segment
+ * of `argv[0]`, and the process's `comm` must equal the name's first 15 bytes; a `comm` prefix alone
+ * would match unrelated programs. Zombies and the sidecar itself never match. When a matching process has a matching
  * parent (nginx or gunicorn workers under their master), only the topmost one is signalled.
  * The process is looked up again for every signal, so a restarted application is found.
  */
@@ -50,15 +51,25 @@ export interface ReloaderOptions {
 }
 
 /**
+ * Signals an application may be asked to reload (or restart) with. KILL and STOP cannot be
+ * handled, and SEGV, CONT, CHLD and the like mean something else to every program.
+ */
+export const RELOAD_SIGNALS: readonly NodeJS.Signals[] = ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGTERM", "SIGQUIT", "SIGWINCH", "SIGALRM"];
+
+/**
  * Parses a signal name: `SIGHUP`, `HUP` or `hup` all give `SIGHUP`.
  *
- * @throws AgentError `config` naming the value and examples when the runtime has no such signal.
+ * @throws AgentError `config` naming the value and the allowed signals when it is not one of `RELOAD_SIGNALS`.
  */
 export function parseSignalName(value: string, variable = "RELOAD_SIGNAL"): NodeJS.Signals {
   const upper = value.trim().toUpperCase();
   const name = upper.startsWith("SIG") ? upper : `SIG${upper}`;
+  const allowed = RELOAD_SIGNALS.join(", ");
   if (!Object.hasOwn(constants.signals, name)) {
-    throw new AgentError("config", `Invalid ${variable}: "${value}" is not a signal name. Use a name such as SIGHUP, SIGUSR1 or SIGUSR2`);
+    throw new AgentError("config", `Invalid ${variable}: "${value}" is not a signal name. Use one of ${allowed}`);
+  }
+  if (!RELOAD_SIGNALS.includes(name as NodeJS.Signals)) {
+    throw new AgentError("config", `Invalid ${variable}: "${value}" cannot be used to reload an application. Use one of ${allowed}`);
   }
   return name as NodeJS.Signals;
 }
@@ -199,9 +210,10 @@ export class Reloader {
   #matches(entry: ProcessEntry): boolean {
     const target = this.target!;
     if (entry.pid === this.#selfPid || entry.state === "Z") return false;
-    if (entry.comm === target) return true;
-    if (target.length > COMM_MAX_LENGTH && entry.comm === target.slice(0, COMM_MAX_LENGTH)) return true;
-    return entry.argv0 !== "" && basename(entry.argv0) === target;
+    const argvMatches = entry.argv0 !== "" && basename(entry.argv0) === target;
+    // A longer name than comm holds: the truncated comm only narrows, the full argv[0] decides.
+    if (Buffer.byteLength(target) > COMM_MAX_LENGTH) return entry.comm === truncateComm(target) && argvMatches;
+    return entry.comm === target || argvMatches;
   }
 
   #report(status: TargetStatus): TargetStatus {
@@ -257,4 +269,9 @@ interface ProcessEntry {
   /** One-letter state from `/proc/<pid>/stat`: R, S, D, Z, ... */
   state: string;
   ppid: number;
+}
+
+/** Returns `name` as the kernel keeps it in `comm`: its first 15 bytes. */
+function truncateComm(name: string): string {
+  return Buffer.from(name).subarray(0, COMM_MAX_LENGTH).toString("utf8");
 }

@@ -10,7 +10,7 @@ export type SubscriptionState = (typeof SUBSCRIPTION_STATES)[number];
 
 export interface SidecarMetrics {
   registry: MetricsRegistry;
-  /** Refreshes by trigger (`start`, `interval`, `retry`, `event`, `resubscribed`) and result (`ok`, `error`). */
+  /** Refreshes by trigger (`start`, `interval`, `retry`, `event`, `resubscribed`) and result (`ok`, `incomplete`, `error`). */
   refreshes: Counter;
   /** Secrets whose new version was written, by path. */
   changes: Counter;

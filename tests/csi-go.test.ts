@@ -58,10 +58,8 @@ describe.skipIf(goMissing !== undefined)("csi grpc-go client", () => {
 
     expect(output.code).toBe(0);
     expect(result.version).toMatchObject({ version: "v1alpha1", runtime_name: "scaivault-agent" });
-    expect(result.mount.object_version).toEqual([
-      { id: "db.json", version: "1" },
-      { id: "stripe.json", version: "1#secret_key" },
-    ]);
+    expect(result.mount.object_version.map((entry) => entry.id)).toEqual(["db.json", "stripe.json"]);
+    for (const entry of result.mount.object_version) expect(entry.version).toMatch(/^1-[0-9a-f]{16}$/);
 
     const files = new Map(result.mount.files.map((file) => [file.path, { mode: file.mode, text: Buffer.from(file.contents, "base64").toString("utf8") }]));
     expect(JSON.parse(files.get("db.json")!.text)).toEqual(SEED[DATABASE]);
@@ -81,6 +79,18 @@ describe.skipIf(goMissing !== undefined)("csi grpc-go client", () => {
       code: "InvalidArgument",
       message: `Invalid SecretProviderClass "scaivault-billing" in namespace "billing": objects[0] (path "${DATABASE}"): file "../db.json" contains ".."; write a name inside the volume, such as db.json`,
     });
+  });
+
+  test("grpc-go client receives a failure of hundreds of objects with a capped message", async () => {
+    const longPath = `environments/production/billing/${"missing-".repeat(20)}`;
+    const objects = Array.from({ length: 300 }, (_, index) => `- path: ${longPath}${index}\n  file: f${index}`).join("\n");
+    const output = await callGo(mountAttributes({ baseUrl: fixture.dev.url, objects }));
+    const result = JSON.parse(output.stdout) as { code: string; message: string };
+
+    expect(output.code).toBe(1);
+    expect(result.code).toBe("NotFound");
+    expect(Buffer.byteLength(result.message)).toBeLessThanOrEqual(4096);
+    expect(result.message).toContain("and 290 more");
   });
 });
 

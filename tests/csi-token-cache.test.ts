@@ -6,6 +6,7 @@ import { parseAllowedUrls } from "../src/csi/allowed-urls.ts";
 import { parseMountAttributes } from "../src/csi/attributes.ts";
 import { serviceAccountKey, ServiceAccountTokenCache } from "../src/csi/token-cache.ts";
 import { mountAttributes, podToken } from "./helpers/csi.ts";
+import { makeJwt, serviceAccountClaims } from "./helpers/jwt.ts";
 
 const HOUR = 3_600_000;
 
@@ -114,12 +115,33 @@ describe("csi service account key", () => {
     expect(serviceAccountKey(spec({ scaivault: podToken("billing", "billing") }), "tnt_a")).not.toBe(base);
   });
 
-  test("a token that is not a JWT gets a key of its own", () => {
-    const first = serviceAccountKey(spec({ scaivault: { token: "opaque-one" } }));
-    const second = serviceAccountKey(spec({ scaivault: { token: "opaque-two" } }));
+  test("key rejects a token that is not a JWT", () => {
+    expect(() => serviceAccountKey(spec({ scaivault: { token: "opaque-one" } }))).toThrow("is not a JWT");
+  });
 
-    expect(first).not.toBe(second);
-    expect(first).not.toContain("opaque-one");
+  test("key rejects tokens ScaiVault would reject, naming the problem", () => {
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ sub: undefined }, "has no sub claim"],
+      [{ sub: "alice" }, "has no sub claim of the form"],
+      [{ sub: "system:serviceaccount:billing:billing:evil" }, "has no sub claim of the form"],
+      [{ sub: "system:serviceaccount:billing:bob" }, 'belongs to "billing/bob"'],
+      [{ exp: undefined }, "has no numeric exp claim"],
+      [{ exp: "9999999999" }, "has no numeric exp claim"],
+      [{ exp: Math.floor(Date.now() / 1000) - 10 }, "expired at"],
+      [{ aud: undefined }, 'not "scaivault"'],
+      [{ aud: "other" }, 'not "scaivault"'],
+    ];
+
+    for (const [overrides, message] of cases) {
+      const token = makeJwt(serviceAccountClaims("billing", "billing", overrides));
+      const call = () => serviceAccountKey(spec({ scaivault: { token } }));
+      expect(call).toThrow(message);
+      expect(call).not.toThrow(token);
+    }
+  });
+
+  test("key requires the pod context", () => {
+    expect(() => serviceAccountKey(spec({ scaivault: podToken("billing", "billing") }, { serviceAccount: "" }))).toThrow("set podInfoOnMount: true");
   });
 });
 

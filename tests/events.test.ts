@@ -54,7 +54,7 @@ test("events acknowledge only after the refresh succeeded", async () => {
     paths: ["ev/a", "ev/b"],
     onEvents: async (paths) => {
       seen.push(paths);
-      return answer;
+      return answer ? [] : paths;
     },
   });
 
@@ -88,7 +88,7 @@ test("events ignore and acknowledge paths outside the watched set", async () => 
     paths,
     onEvents: async (changed) => {
       seen.push(changed);
-      return true;
+      return [];
     },
   });
   await watcher.createOnce();
@@ -119,7 +119,7 @@ test("events create a new subscription when the old one is gone", async () => {
   const watcher = new EventWatcher({
     client: client(controller.signal),
     paths: ["ev/b"],
-    onEvents: async () => true,
+    onEvents: async () => [],
     onGap: () => (gaps += 1),
     onState: (state) => states.push(state),
   });
@@ -139,3 +139,75 @@ test("events create a new subscription when the old one is gone", async () => {
   await watcher.stop(client());
   expect(states.at(-1)).toBe("stopped");
 });
+
+async function addFault(fault: Record<string, unknown>): Promise<void> {
+  const response = await fetch(`${dev.url}/v1/dev/faults`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${ROOT_TOKEN}`, "content-type": "application/json" },
+    body: JSON.stringify(fault),
+  });
+  expect(response.status).toBe(201);
+}
+
+test("events acknowledge the paths the refresh made current and keep the others", async () => {
+  const controller = new AbortController();
+  const watcher = new EventWatcher({
+    client: client(controller.signal),
+    paths: ["ev/a", "ev/b"],
+    onEvents: async (paths) => paths.filter((path) => path === "ev/a"),
+  });
+  await watcher.createOnce();
+  const id = watcher.subscriptionId!;
+
+  await client().putSecret("ev/a", { v: "4" });
+  await client().putSecret("ev/b", { v: "4" });
+  const running = watcher.run(controller.signal);
+  await waitFor("the acknowledgement of ev/b", () => dev.state.subscriptions.list().find((entry) => entry.id === id)?.pending === 1);
+  await Bun.sleep(300);
+  expect(pendingEvents(id)).toBe(1);
+
+  controller.abort();
+  await running;
+  await watcher.stop(client());
+});
+
+test("events wait at least Retry-After before creating the subscription again", async () => {
+  const controller = new AbortController();
+  const times: Array<[SubscriptionState, number]> = [];
+  await addFault({ method: "POST", path_prefix: "/v1/subscriptions", status: 429, retry_after: 3, count: 1 });
+  const watcher = new EventWatcher({
+    client: client(controller.signal),
+    paths: ["ev/a"],
+    onEvents: async () => [],
+    onState: (state) => times.push([state, Date.now()]),
+    random: () => 0,
+  });
+  const running = watcher.run(controller.signal);
+
+  await waitFor("the subscription", () => watcher.subscriptionId !== undefined, 15_000);
+  const backoffAt = times.find(([state]) => state === "backoff")![1];
+  const activeAt = times.find(([state]) => state === "active")![1];
+  expect(activeAt - backoffAt).toBeGreaterThanOrEqual(2_900);
+
+  controller.abort();
+  await running;
+  await watcher.stop(client());
+}, 20_000);
+
+test("events delete a subscription whose creation completed during shutdown", async () => {
+  const before = dev.state.subscriptions.list().length;
+  const controller = new AbortController();
+  await addFault({ method: "POST", path_prefix: "/v1/subscriptions", delay_ms: 1_500, count: 1 });
+  const watcher = new EventWatcher({ client: client(controller.signal), createClient: client(), paths: ["ev/a"], onEvents: async () => [] });
+  const running = watcher.run(controller.signal);
+
+  await waitFor("the creation", () => watcher.state === "creating");
+  await Bun.sleep(200);
+  controller.abort();
+  await running;
+  expect(dev.state.subscriptions.list().length).toBe(before);
+
+  await watcher.stop(client(), { lateCreateWaitMs: 10_000 });
+  await Bun.sleep(2_000);
+  expect(dev.state.subscriptions.list().length).toBe(before);
+}, 20_000);

@@ -60,6 +60,8 @@ describe("helm chart", () => {
       SCAIVAULT_ALLOWED_URLS: SETTINGS.csi.allowedUrls.default,
       CSI_MOUNT_TIMEOUT: SETTINGS.csi.mountTimeout.default,
       CSI_MOUNT_CONCURRENCY: SETTINGS.csi.mountConcurrency.default,
+      CSI_MAX_MOUNTS: SETTINGS.csi.maxMounts.default,
+      CSI_MOUNT_QUEUE: SETTINGS.csi.mountQueue.default,
       LOG_LEVEL: "info",
       LOG_FORMAT: "json",
     });

@@ -92,13 +92,28 @@ test("reloader matches the basename of argv[0]", async () => {
   expect(await new Reloader({ target: `/opt/app/${argvName}`, signal: "SIGUSR1" }).findTargets()).toEqual([]);
 });
 
-test("reloader matches names longer than the kernel's comm", async () => {
-  const name = unique("billing-service-worker-");
-  expect(name.length).toBeGreaterThan(COMM_MAX_LENGTH);
-  const app = await startSleeper(name, { argv0: "x" });
+test("reloader matches names longer than the kernel's comm by the full argv[0]", async () => {
+  // Both names share their first 15 bytes, so both processes have the same comm.
+  const tag = unique("rl");
+  const worker = `${tag}-service-worker`;
+  const api = `${tag}-service-api`;
+  expect(worker.length).toBeGreaterThan(COMM_MAX_LENGTH);
+  const workerApp = await startSleeper(worker);
+  const apiApp = await startSleeper(api);
+  const renamed = await startSleeper(`${tag}-service-other`, { argv0: worker.slice(0, COMM_MAX_LENGTH) });
 
-  expect(readFileSync(`/proc/${app.pid}/comm`, "utf8").trim()).toBe(name.slice(0, COMM_MAX_LENGTH));
-  expect(await new Reloader({ target: name, signal: "SIGUSR1" }).findTargets()).toEqual([app.pid]);
+  expect(readFileSync(`/proc/${workerApp.pid}/comm`, "utf8").trim()).toBe(worker.slice(0, COMM_MAX_LENGTH));
+  expect(readFileSync(`/proc/${apiApp.pid}/comm`, "utf8").trim()).toBe(worker.slice(0, COMM_MAX_LENGTH));
+  expect(renamed.pid).toBeGreaterThan(0);
+  expect(await new Reloader({ target: worker, signal: "SIGUSR1" }).findTargets()).toEqual([workerApp.pid]);
+  expect(await new Reloader({ target: api, signal: "SIGUSR1" }).findTargets()).toEqual([apiApp.pid]);
+});
+
+test("parseSignalName rejects signals that cannot mean reload", () => {
+  for (const value of ["KILL", "SIGSTOP", "segv", "CONT", "SIGCHLD"]) {
+    expect(() => parseSignalName(value)).toThrow(`Invalid RELOAD_SIGNAL: "${value}" cannot be used to reload an application. Use one of SIGHUP, SIGUSR1`);
+  }
+  expect(parseSignalName("winch")).toBe("SIGWINCH");
 });
 
 test("reloader signals only the topmost of matching parent and child", async () => {

@@ -428,6 +428,24 @@ test("sidecar exits 0 on SIGTERM and SIGINT and deletes its subscription", async
   }
 });
 
+test("sidecar syncs before a slow subscription creation and deletes it when stopped meanwhile", async () => {
+  const { out } = scenario("slow-create");
+  await putRevision("slow/db", 1);
+  const before = ((await api("GET", "/v1/dev/stats")).subscriptions as unknown[]).length;
+  await api("POST", "/v1/dev/faults", { method: "POST", path_prefix: "/v1/subscriptions", delay_ms: 6_000, count: 1 });
+
+  const sidecar = await track(startSidecar(sidecarEnv(out, "slow/db -> db.json", { REFRESH_INTERVAL: "1h" })));
+  await sidecar.waitForLog("the first sync", (line) => line.msg === "First sync complete: ready", 5_000);
+  expect(sidecar.lines.some((line) => line.msg === "Created event subscription")).toBe(false);
+
+  const exit = await sidecar.stop("SIGTERM");
+  running.splice(running.indexOf(sidecar), 1);
+  captured.push(sidecar.stderr());
+  expect(exit.code).toBe(0);
+  expect(sidecar.lines.some((line) => line.msg === "Event subscription was created during shutdown: deleting it")).toBe(true);
+  expect(((await api("GET", "/v1/dev/stats")).subscriptions as unknown[]).length).toBe(before);
+}, 30_000);
+
 test("sidecar logs and metrics hold no secret value or token", () => {
   const text = captured.join("\n");
   expect(text.length).toBeGreaterThan(10_000);

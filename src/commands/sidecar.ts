@@ -6,6 +6,7 @@ import { EventWatcher } from "../events.ts";
 import { createHealthApp, startHealthServer } from "../health.ts";
 import { getLogger } from "../log.ts";
 import { Reloader } from "../reload.ts";
+import { sleep } from "../retry.ts";
 import { runStoppers, type Stopper } from "../shutdown.ts";
 import { Sidecar } from "../sidecar.ts";
 import { createSidecarLeases } from "../sidecar-leases.ts";
@@ -18,6 +19,11 @@ const log = getLogger("sidecar");
 const SHUTDOWN_TIMEOUT_MS = 10_000;
 /** Upper bound of each clean-up request to ScaiVault at shutdown. */
 const CLEANUP_REQUEST_TIMEOUT_MS = 5_000;
+/**
+ * How long the first sync waits for the first subscription attempt. A quick creation means no
+ * catch-up read; a slow one (a loaded server) must not delay the pod's start.
+ */
+const FIRST_CREATE_WAIT_MS = 2_000;
 
 export default defineCommand({
   meta: {
@@ -45,7 +51,10 @@ export default defineCommand({
           metrics.signals.inc({ result });
           metrics.targetUp.set({}, result === "sent" ? 1 : 0);
         },
-        onStatus: (status) => metrics.targetUp.set({}, status.state === "found" ? 1 : 0),
+        // Without RELOAD_TARGET the gauge has no sample, so that it does not look like a lost target.
+        onStatus: (status) => {
+          if (status.state !== "none") metrics.targetUp.set({}, status.state === "found" ? 1 : 0);
+        },
       });
       const sidecar = new Sidecar({ config, client, reloader, metrics, signal });
       const leases = createSidecarLeases({ config, client: base, reloader, registry: metrics.registry });
@@ -53,10 +62,12 @@ export default defineCommand({
       const events = config.events && sidecar.paths.length > 0
         ? new EventWatcher({
             client,
+            createClient: base,
             paths: sidecar.paths,
-            onEvents: async (paths) => (await sidecar.refresh(paths, "event")).ok,
+            onEvents: async (paths) => (await sidecar.refresh(paths, "event")).pending.map((issue) => issue.path),
+            // Changes made between a read and the subscription would be missed: read everything once more.
             onGap: () => {
-              if (sidecar.isReady) void sidecar.refresh(undefined, "resubscribed");
+              if (sidecar.hasStartedReading) void sidecar.refresh(undefined, "resubscribed");
             },
             onState: (state) => metrics.setSubscriptionState(state),
             onEvent: (event) => metrics.events.inc({ type: event.eventType }),
@@ -76,7 +87,7 @@ export default defineCommand({
       // Clean-up steps, run in this order at shutdown within SHUTDOWN_TIMEOUT_MS.
       const stoppers: Stopper[] = [];
       if (leases) stoppers.push(leases.stopper);
-      if (events) stoppers.push({ name: "events", stop: () => events.stop(cleanupClient()) });
+      if (events) stoppers.push({ name: "events", stop: () => events.stop(cleanupClient(), { lateCreateWaitMs: CLEANUP_REQUEST_TIMEOUT_MS }) });
 
       if (config.health) {
         const app = createHealthApp({
@@ -98,8 +109,11 @@ export default defineCommand({
       try {
         reloader.watchStartup(signal, { graceMs: config.reloadTargetWaitMs }).catch((error) => log.warn("Cannot look up the reload target", { error: (error as Error).message }));
         if (leases) await leases.start(signal);
-        if (events && !signal.aborted) await events.createOnce();
-        await Promise.all([sidecar.run(signal), events?.run(signal)]);
+
+        // The subscription is created beside the first sync; a slow creation does not hold it back.
+        const eventsRun = events && !signal.aborted ? events.run(signal) : undefined;
+        if (eventsRun) await Promise.race([events!.firstAttempt, eventsRun, sleep(FIRST_CREATE_WAIT_MS, signal).catch(() => undefined)]);
+        await Promise.all([sidecar.run(signal), eventsRun]);
       } finally {
         log.info("Stopping sidecar", { steps: stoppers.map((stopper) => stopper.name) });
         await runStoppers(stoppers, SHUTDOWN_TIMEOUT_MS);

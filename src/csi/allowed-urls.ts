@@ -61,7 +61,8 @@ export function urlProblem(baseUrl: string, rules: UrlRule[]): string | undefine
 
   if (url.protocol !== "https:" && url.protocol !== "http:") return "use an https:// URL";
   if (url.username || url.password) return "it must not contain a user name or password";
-  if (url.search || url.hash) return "it must not contain a query or a fragment";
+  // URL drops an empty query or fragment (`https://host/?`), so the text is checked too.
+  if (url.search || url.hash || /[?#]/.test(baseUrl)) return "it must not contain a query or a fragment";
 
   const path = url.pathname.replace(/\/+$/, "");
   const allowed = rules.some((rule) => rule.protocol === url.protocol && hostMatches(rule.host, url.host) && pathMatches(rule.pathPrefix, path));

@@ -8,6 +8,7 @@
 import { AgentError } from "../errors.ts";
 import { urlProblem, type UrlRule } from "./allowed-urls.ts";
 import { parseObjects, type MountObject } from "./objects.ts";
+import { joinProblems } from "./messages.ts";
 
 export type { MountObject } from "./objects.ts";
 
@@ -61,15 +62,24 @@ const NO_TOKEN: PodToken = { token: "" };
  */
 export function parseMountAttributes(attributesJson: string, permission: string, allowedUrls: UrlRule[], secretsJson = ""): MountSpec {
   const attributes = parseAttributeMap(attributesJson);
-  // NOTE: with `serviceAccountTokenInSecrets: true` on the CSIDriver (Kubernetes 1.35 and later),
-  // the kubelet sends the tokens as a secret rather than a volume attribute, so they are looked
-  // for in the request's secrets too. That this driver path forwards them there is untested.
-  if (attributes[SERVICE_ACCOUNT_TOKENS] === undefined && secretsJson.trim() !== "") {
-    const secrets = safeAttributeMap(secretsJson);
-    if (secrets?.[SERVICE_ACCOUNT_TOKENS] !== undefined) attributes[SERVICE_ACCOUNT_TOKENS] = secrets[SERVICE_ACCOUNT_TOKENS];
-  }
   const spc = attributes.secretProviderClass ?? "";
   const problems: string[] = [];
+
+  // The kubelet sends the tokens as a volume attribute, which the driver forwards in attributes,
+  // or, with `serviceAccountTokenInSecrets: true` on the CSIDriver (Kubernetes 1.35 and later), as
+  // a secret. Attributes also carry SecretProviderClass parameters, and secrets also carry the
+  // nodePublishSecretRef Secret, so either could hold a value the kubelet did not send. Both
+  // present and different is refused rather than guessed.
+  // NOTE: that the driver forwards the kubelet's token secret in `secrets` is untested.
+  const secrets = secretsJson.trim() === "" ? undefined : safeAttributeMap(secretsJson);
+  const fromSecrets = secrets?.[SERVICE_ACCOUNT_TOKENS];
+  if (fromSecrets !== undefined) {
+    const fromAttributes = attributes[SERVICE_ACCOUNT_TOKENS];
+    if (fromAttributes !== undefined && fromAttributes !== fromSecrets) {
+      problems.push(`${SERVICE_ACCOUNT_TOKENS} is in both the attributes and the secrets of the request with different values; remove the parameter or the key of the nodePublishSecretRef Secret that sets it`);
+    }
+    attributes[SERVICE_ACCOUNT_TOKENS] = fromSecrets;
+  }
 
   const baseUrl = (attributes.base_url ?? "").trim();
   if (baseUrl === "") problems.push('parameter base_url is missing: set it to the ScaiVault URL, such as https://scaivault.scailabs.ai');
@@ -93,7 +103,7 @@ export function parseMountAttributes(attributesJson: string, permission: string,
 export function describeProblems(spc: string, pod: Pick<PodInfo, "namespace">, problems: string[]): string {
   const name = spc ? ` "${spc}"` : "";
   const namespace = pod.namespace ? ` in namespace "${pod.namespace}"` : "";
-  return `Invalid SecretProviderClass${name}${namespace}: ${problems.join("; ")}`;
+  return `Invalid SecretProviderClass${name}${namespace}: ${joinProblems(problems)}`;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,6 +28,17 @@ const FLAG_END_HEADERS = 0x4;
 const FLAG_PADDED = 0x8;
 const FLAG_PRIORITY = 0x20;
 
+/**
+ * Largest frame payload accepted: the HTTP/2 default SETTINGS_MAX_FRAME_SIZE (RFC 9113, section
+ * 6.5.2), which the gRPC server keeps because it sends no larger value.
+ */
+export const MAX_FRAME_PAYLOAD_BYTES = 16_384;
+/** Largest header block (HEADERS plus CONTINUATION frames) held for rewriting. */
+export const MAX_HEADER_BLOCK_BYTES = 64 * 1024;
+
+/** Error of a client that breaks a limit above; the connection is closed. */
+export class FrameLimitError extends Error {}
+
 /** Rewrites the client-to-server byte stream of one HTTP/2 connection. */
 export class AuthorityRewriter {
   /** Number of `:authority` values changed so far. */
@@ -38,7 +49,13 @@ export class AuthorityRewriter {
   /** A HEADERS frame and its CONTINUATION frames, held until END_HEADERS. */
   #held: Buffer[] = [];
 
-  /** Takes bytes from the client and returns the bytes to hand to the server. */
+  #heldBytes = 0;
+
+  /**
+   * Takes bytes from the client and returns the bytes to hand to the server.
+   *
+   * @throws FrameLimitError when a frame or a header block exceeds the limits above.
+   */
   push(chunk: Buffer): Buffer[] {
     if (this.#passthrough) return [chunk];
 
@@ -60,6 +77,7 @@ export class AuthorityRewriter {
     this.#pending = this.#pending.length ? Buffer.concat([this.#pending, data]) : data;
     while (this.#pending.length >= FRAME_HEADER_BYTES) {
       const length = this.#pending.readUIntBE(0, 3);
+      if (length > MAX_FRAME_PAYLOAD_BYTES) throw new FrameLimitError(`frame of ${length} bytes exceeds the maximum frame size of ${MAX_FRAME_PAYLOAD_BYTES}`);
       if (this.#pending.length < FRAME_HEADER_BYTES + length) break;
 
       const frame = this.#pending.subarray(0, FRAME_HEADER_BYTES + length);
@@ -82,6 +100,8 @@ export class AuthorityRewriter {
 
     // The block is edited in place, so it gets its own copy of the received bytes.
     const out = type === TYPE_HEADERS ? this.#release(false) : [];
+    this.#heldBytes += frame.length;
+    if (this.#heldBytes > MAX_HEADER_BLOCK_BYTES) throw new FrameLimitError(`header block exceeds ${MAX_HEADER_BLOCK_BYTES} bytes`);
     this.#held.push(Buffer.from(frame));
     if (flags & FLAG_END_HEADERS) out.push(...this.#release(true));
     return out;
@@ -91,6 +111,7 @@ export class AuthorityRewriter {
   #release(rewrite: boolean): Buffer[] {
     const frames = this.#held;
     this.#held = [];
+    this.#heldBytes = 0;
     if (!rewrite || frames.length === 0) return frames;
 
     const ranges = frames.map(fragmentRange);
@@ -120,8 +141,9 @@ export class AuthorityRewriter {
 /**
  * Wraps an accepted socket in a duplex stream whose readable side is the rewritten client stream
  * and whose writable side goes to the socket unchanged, for `Server.createConnectionInjector`.
+ * A client over the frame limits loses its connection, and `onLimit` gets the reason.
  */
-export function rewritingConnection(socket: Socket, onRewrite?: (count: number) => void): Duplex {
+export function rewritingConnection(socket: Socket, onRewrite?: (count: number) => void, onLimit?: (reason: string) => void): Duplex {
   const rewriter = new AuthorityRewriter();
 
   const duplex = new Duplex({
@@ -142,8 +164,18 @@ export function rewritingConnection(socket: Socket, onRewrite?: (count: number) 
 
   socket.on("data", (chunk: Buffer) => {
     const before = rewriter.rewritten;
+    let parts: Buffer[];
+    try {
+      parts = rewriter.push(chunk);
+    } catch (error) {
+      if (!(error instanceof FrameLimitError)) throw error;
+      onLimit?.(error.message);
+      socket.destroy();
+      return;
+    }
+
     let more = true;
-    for (const part of rewriter.push(chunk)) more = duplex.push(part) && more;
+    for (const part of parts) more = duplex.push(part) && more;
     if (rewriter.rewritten > before) onRewrite?.(rewriter.rewritten - before);
     if (!more) socket.pause();
   });

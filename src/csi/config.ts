@@ -27,6 +27,10 @@ export interface CsiConfig {
   mountTimeoutMs: number;
   mountConcurrency: number;
   maxResponseBytes: number;
+  /** Mount calls that run at once. */
+  maxMounts: number;
+  /** Mount calls that wait for a slot. */
+  mountQueue: number;
   caFile?: string;
   tenantId?: string;
   requestTimeoutMs: number;
@@ -62,6 +66,8 @@ export function loadCsiConfig(args: Args, env: Env): CsiConfig {
   const mountTimeoutMs = attempt(() => positiveDuration(raw.mountTimeout!, "CSI_MOUNT_TIMEOUT"));
   const mountConcurrency = attempt(() => wholeNumber(raw.mountConcurrency!, "CSI_MOUNT_CONCURRENCY", 1, 64));
   const maxResponseBytes = attempt(() => wholeNumber(raw.maxResponseBytes!, "CSI_MAX_RESPONSE_BYTES", 1024, 256 * 1024 * 1024));
+  const maxMounts = attempt(() => wholeNumber(raw.maxMounts!, "CSI_MAX_MOUNTS", 1, 256));
+  const mountQueue = attempt(() => wholeNumber(raw.mountQueue!, "CSI_MOUNT_QUEUE", 0, 10_000));
   const requestTimeoutMs = attempt(() => positiveDuration(connection.requestTimeout!, "REQUEST_TIMEOUT"));
   const maxAttempts = attempt(() => wholeNumber(connection.maxAttempts!, "RETRY_MAX_ATTEMPTS", 1, 20));
 
@@ -77,6 +83,8 @@ export function loadCsiConfig(args: Args, env: Env): CsiConfig {
     mountTimeoutMs: mountTimeoutMs!,
     mountConcurrency: mountConcurrency!,
     maxResponseBytes: maxResponseBytes!,
+    maxMounts: maxMounts!,
+    mountQueue: mountQueue!,
     caFile: connection.caFile?.trim() || undefined,
     tenantId,
     requestTimeoutMs: requestTimeoutMs!,

@@ -1,8 +1,8 @@
 /**
  * One Mount call: check the request, exchange the pod's token (or reuse the service account's
  * cached ScaiVault token), read the objects with batch reads, render each into its file, and
- * return the files with one object version each. A version is the ScaiVault version plus the
- * selected field, so unchanged secrets return unchanged versions on every rotation poll.
+ * return the files with one object version each. A version follows the file's bytes and
+ * settings (`versions.ts`), so unchanged secrets return unchanged versions on every rotation poll.
  */
 import { AgentError, type ErrorCode } from "../errors.ts";
 import { errorFields, getLogger } from "../log.ts";
@@ -16,11 +16,19 @@ import { parseMountAttributes, type MountObject, type MountSpec } from "./attrib
 import type { CsiMetrics } from "./metrics.ts";
 import { encodeMountResponse, type File, type MountRequest, type MountResponse, type ObjectVersion } from "./proto.ts";
 import { serviceAccountKey, ServiceAccountTokenCache } from "./token-cache.ts";
+import { MountLimiter } from "./limiter.ts";
+import { joinProblems, MAX_LISTED_PROBLEMS } from "./messages.ts";
+import { objectVersion, randomVersionKey } from "./versions.ts";
 
 const log = getLogger("csi");
 
 /** Largest response the driver's gRPC client accepts by default (grpc-go's 4 MiB receive limit). */
 export const DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
+/**
+ * Largest ScaiVault response body a Mount reads. A mount's own response is capped at
+ * `maxResponseBytes` (4 MiB by default), so twice that leaves room for JSON escaping.
+ */
+export const MIN_SCAIVAULT_RESPONSE_BYTES = 8 * 1024 * 1024;
 
 export interface MounterOptions {
   /** Base URLs a SecretProviderClass may name. */
@@ -37,6 +45,12 @@ export interface MounterOptions {
   concurrency?: number;
   /** @default 4 MiB */
   maxResponseBytes?: number;
+  /** Mount calls that run at once in the process. @default 4 */
+  maxMounts?: number;
+  /** Mount calls that wait for a slot; more fail with UNAVAILABLE. @default 32 */
+  maxQueuedMounts?: number;
+  /** HMAC key of object versions (`versions.ts`). @default a random key */
+  versionKey?: Uint8Array;
   tokenCache?: ServiceAccountTokenCache;
   metrics?: CsiMetrics;
 }
@@ -57,7 +71,9 @@ export interface MountResult {
 /** Serves Mount calls with one token cache shared by all of them. */
 export class Mounter {
   readonly tokenCache: ServiceAccountTokenCache;
+  readonly limiter: MountLimiter;
   readonly #options: MounterOptions;
+  readonly #versionKey: Uint8Array;
 
   constructor(options: MounterOptions) {
     const concurrency = options.concurrency ?? 4;
@@ -65,31 +81,51 @@ export class Mounter {
 
     this.#options = options;
     this.tokenCache = options.tokenCache ?? new ServiceAccountTokenCache();
+    this.limiter = new MountLimiter(options.maxMounts ?? 4, options.maxQueuedMounts ?? 32);
+    this.#versionKey = options.versionKey ?? randomVersionKey();
   }
 
   /**
    * Serves one Mount request.
    *
-   * @throws AgentError naming the SecretProviderClass, the objects and the fix; `ResponseTooLargeError` over the limit.
+   * @throws AgentError naming the SecretProviderClass, the objects and the fix; `ResponseTooLargeError`
+   *   over the limit; `MountQueueFullError` when too many Mount calls wait already.
    */
   async mount(request: MountRequest, signal?: AbortSignal): Promise<MountResult> {
+    const release = await this.limiter.acquire(signal);
+    try {
+      return await this.#mount(request, signal);
+    } finally {
+      release();
+    }
+  }
+
+  async #mount(request: MountRequest, signal?: AbortSignal): Promise<MountResult> {
     const started = performance.now();
     const spec = parseMountAttributes(request.attributes, request.permission, this.#options.allowedUrls, request.secrets);
     const key = serviceAccountKey(spec, this.#options.tenantId);
 
     // A timer cleared when the mount ends, rather than AbortSignal.timeout, whose timer would
     // keep this mount's objects alive for the whole timeout after it finished.
+    const mountTimeoutMs = this.#options.mountTimeoutMs ?? 30_000;
     const controller = new AbortController();
     const abort = () => controller.abort(signal?.reason);
-    const timer = setTimeout(() => controller.abort(new AgentError("timeout", "Mount timed out")), this.#options.mountTimeoutMs ?? 30_000);
+    const timer = setTimeout(
+      () => controller.abort(new AgentError("unreachable", `ScaiVault did not answer within the Mount deadline of ${mountTimeoutMs / 1000} s; the driver retries the Mount`)),
+      mountTimeoutMs,
+    );
     signal?.addEventListener("abort", abort, { once: true });
     const client = this.#client(spec, key, controller.signal);
 
     let secrets: ReadSecrets;
     try {
       secrets = await readObjects(client, spec.objects, this.#options.concurrency ?? 4);
-    } catch (error) {
-      if (!(error instanceof AgentError)) throw error;
+    } catch (caught) {
+      if (!(caught instanceof AgentError)) throw caught;
+      // The client reports an aborted request as `timeout`; the abort's own reason is more exact:
+      // the Mount deadline is `unreachable`, so the driver retries it.
+      const reason: unknown = controller.signal.reason;
+      const error = controller.signal.aborted && reason instanceof AgentError && reason.code === "unreachable" ? reason : caught;
       log.warn("Cannot read objects", { ...podFields(spec), baseUrl: spec.baseUrl, ...errorFields(error) });
       throw new AgentError(error.code, `Cannot mount ${mountLabel(spec)}: ${error.message}${hint(error.code, spec)}`, {
         cause: error,
@@ -101,9 +137,12 @@ export class Mounter {
       signal?.removeEventListener("abort", abort);
     }
 
-    const { files, versions, failures } = renderObjects(spec, secrets);
+    const { files, versions, failures } = renderObjects(spec, secrets, this.#versionKey);
     if (failures.length) {
-      for (const failure of failures) log.warn("Cannot mount object", { ...podFields(spec), path: failure.object.path, file: failure.object.file, ...errorFields(failure.error) });
+      for (const failure of failures.slice(0, MAX_LISTED_PROBLEMS)) {
+        log.warn("Cannot mount object", { ...podFields(spec), path: failure.object.path, file: failure.object.file, ...errorFields(failure.error) });
+      }
+      if (failures.length > MAX_LISTED_PROBLEMS) log.warn("Cannot mount more objects", { ...podFields(spec), more: failures.length - MAX_LISTED_PROBLEMS });
       throw combine(spec, failures);
     }
 
@@ -130,6 +169,7 @@ export class Mounter {
       maxAttempts: this.#options.maxAttempts ?? 3,
       requestTimeoutMs: this.#options.requestTimeoutMs,
       onRequest: this.#options.metrics?.recordRequest,
+      maxResponseBytes: Math.max(MIN_SCAIVAULT_RESPONSE_BYTES, 2 * (this.#options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES)),
     });
 
     const cache = this.tokenCache;
@@ -211,7 +251,7 @@ async function readObjects(client: ScaiVaultClient, objects: readonly MountObjec
   return result;
 }
 
-function renderObjects(spec: MountSpec, read: ReadSecrets): { files: File[]; versions: ObjectVersion[]; failures: Array<{ object: MountObject; error: AgentError }> } {
+function renderObjects(spec: MountSpec, read: ReadSecrets, versionKey: Uint8Array): { files: File[]; versions: ObjectVersion[]; failures: Array<{ object: MountObject; error: AgentError }> } {
   const files: File[] = [];
   const versions: ObjectVersion[] = [];
   const failures: Array<{ object: MountObject; error: AgentError }> = [];
@@ -235,8 +275,9 @@ function renderObjects(spec: MountSpec, read: ReadSecrets): { files: File[]; ver
 
     try {
       const contents = renderSecret(secret.data, object);
-      files.push({ path: object.file, mode: object.mode ?? spec.defaultMode, contents });
-      versions.push({ id: object.file, version: object.field === undefined ? String(secret.version) : `${secret.version}#${object.field}` });
+      const mode = object.mode ?? spec.defaultMode;
+      files.push({ path: object.file, mode, contents });
+      versions.push({ id: object.file, version: objectVersion(versionKey, { secretVersion: secret.version, path: object.path, file: object.file, mode, contents }) });
     } catch (error) {
       if (!(error instanceof RenderError)) throw error;
       failures.push({ object, error: new AgentError("not_found", `Cannot render secret "${object.path}" into file "${object.file}": ${error.message}`, { cause: error }) });
@@ -263,7 +304,7 @@ function combine(spec: MountSpec, failures: Array<{ error: AgentError }>): Agent
   const codes = failures.map((failure) => failure.error.code);
   const code = SEVERITY.find((candidate) => codes.includes(candidate)) ?? codes[0]!;
   const messages = failures.map((failure) => failure.error.message);
-  return new AgentError(code, `Cannot mount ${mountLabel(spec)}: ${messages.join("; ")}`, { cause: failures[0]!.error });
+  return new AgentError(code, `Cannot mount ${mountLabel(spec)}: ${joinProblems(messages)}`, { cause: failures[0]!.error });
 }
 
 /** Returns `SecretProviderClass "x" for pod "namespace/name"` for messages. */
@@ -295,5 +336,6 @@ function podFields(spec: MountSpec): Record<string, string> {
 }
 
 function formatBytes(bytes: number): string {
-  return bytes >= 1024 * 1024 ? `${(bytes / (1024 * 1024)).toFixed(1)} MiB` : `${bytes} bytes`;
+  // The exact count comes first: a response 10 bytes over the limit must not read as equal to it.
+  return bytes >= 1024 * 1024 ? `${bytes} bytes (${(bytes / (1024 * 1024)).toFixed(1)} MiB)` : `${bytes} bytes`;
 }

@@ -31,9 +31,22 @@ export interface MountObject {
 
 const OBJECT_KEYS = ["path", "file", "field", "mode", "version", "format", "encoding"];
 
-/** Parsed `objects` parameters by their text, because rotation polls send the same text again and again. */
-const parsedObjects = new Map<string, { objects: MountObject[]; problems: string[] }>();
-const PARSED_OBJECTS_KEPT = 256;
+/** Keys whose values are text: a YAML number or boolean there is a mistake (`file: 0777`). */
+const TEXT_KEYS = ["path", "file", "field", "format", "encoding"];
+
+/** Largest `objects` text in UTF-16 code units, about 256 KiB; far above any real list. */
+export const MAX_OBJECTS_TEXT = 256 * 1024;
+/** Largest `objects` text that is cached. */
+const MAX_CACHED_TEXT = 16 * 1024;
+/** Total text of the cached entries, so the cache holds at most a few MiB with its objects. */
+const MAX_CACHED_TOTAL_TEXT = 1024 * 1024;
+
+/**
+ * Parsed `objects` parameters by their text, because rotation polls send the same text again and
+ * again. Only accepted texts up to `MAX_CACHED_TEXT` are kept, up to `MAX_CACHED_TOTAL_TEXT` in all.
+ */
+const parsedObjects = new Map<string, MountObject[]>();
+let cachedText = 0;
 
 /**
  * Parses the `objects` parameter, adding each problem to `problems`, and returns the objects that
@@ -45,17 +58,36 @@ export function parseObjects(text: string | undefined, problems: string[]): Moun
     return [];
   }
 
-  let parsed = parsedObjects.get(text);
-  if (!parsed) {
-    const found: string[] = [];
-    parsed = { objects: parseObjectList(text, found), problems: found };
-    // Map iteration follows insertion order, so the first key is the oldest.
-    if (parsedObjects.size >= PARSED_OBJECTS_KEPT) parsedObjects.delete(parsedObjects.keys().next().value!);
-    parsedObjects.set(text, parsed);
+  if (text.length > MAX_OBJECTS_TEXT) {
+    problems.push(`parameter objects has ${text.length} characters, more than the ${MAX_OBJECTS_TEXT} allowed; split the objects over several SecretProviderClasses`);
+    return [];
   }
 
-  problems.push(...parsed.problems);
-  return parsed.objects;
+  const cached = parsedObjects.get(text);
+  if (cached) return cached;
+
+  const found: string[] = [];
+  const objects = parseObjectList(text, found);
+  if (found.length) {
+    problems.push(...found);
+    return objects;
+  }
+  if (text.length <= MAX_CACHED_TEXT) {
+    // Map iteration follows insertion order, so the first keys are the oldest.
+    for (const oldest of parsedObjects.keys()) {
+      if (cachedText + text.length <= MAX_CACHED_TOTAL_TEXT) break;
+      parsedObjects.delete(oldest);
+      cachedText -= oldest.length;
+    }
+    parsedObjects.set(text, objects);
+    cachedText += text.length;
+  }
+  return objects;
+}
+
+/** Returns the number and total text length of cached `objects` texts, for tests. */
+export function parsedObjectsCacheStats(): { entries: number; textLength: number } {
+  return { entries: parsedObjects.size, textLength: cachedText };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -88,6 +120,17 @@ function parseObjectList(text: string, problems: string[]): MountObject[] {
     objects.push(object);
   });
 
+  // A file cannot also be a directory of another: `certs` and `certs/tls.crt`.
+  for (const object of objects) {
+    const segments = object.file.split("/");
+    for (let depth = 1; depth < segments.length; depth++) {
+      const parent = files.get(segments.slice(0, depth).join("/"));
+      if (parent === undefined) continue;
+      problems.push(`objects[${object.index}] (path "${object.path}"): file "${object.file}" is inside "${segments.slice(0, depth).join("/")}", which objects[${parent}] writes as a file; rename one of them`);
+      break;
+    }
+  }
+
   if (objects.length === 0 && document.contents.items.length === 0) problems.push("parameter objects is an empty list: add at least one entry with path and file");
   return objects;
 }
@@ -107,6 +150,10 @@ function parseObject(node: Node, index: number, problems: string[]): MountObject
     }
     if (!isScalar(pair.value) || pair.value.value === null) {
       problems.push(`objects[${index}]: ${key} must be a single value`);
+      continue;
+    }
+    if (TEXT_KEYS.includes(key) && typeof pair.value.value !== "string") {
+      problems.push(`objects[${index}]: ${key} "${pair.value.source ?? String(pair.value.value)}" is a YAML ${typeof pair.value.value}; quote it to use it as text`);
       continue;
     }
     values.set(key, { text: String(pair.value.value), source: pair.value.source ?? String(pair.value.value) });
@@ -148,7 +195,8 @@ function fileNameProblem(file: string): string | undefined {
   if (file === "") return "is empty; set file to a name such as db.json";
   if (file.startsWith("/")) return "is an absolute path; write a relative name such as db.json";
   if (file.includes("\\")) return "contains \\; separate directories with /";
-  if (file.includes("\0")) return "contains a NUL character";
+  // Control characters, NUL included, break log lines and the tools that list the volume.
+  if (/[\u0000-\u001f\u007f]/.test(file)) return "contains a control character; use printable characters only";
 
   const segments = file.split("/");
   if (segments.some((segment) => segment === ".." || segment.startsWith(".."))) return 'contains ".."; write a name inside the volume, such as db.json';
@@ -172,6 +220,12 @@ function parseObjectMode(value: { source: string } | undefined, label: string, p
   const mode = Number.parseInt(match[1]!, 8);
   if (mode > 0o777) {
     problems.push(`${label}: mode "${text}" is above 0777; use permission bits only`);
+    return undefined;
+  }
+  // Without the owner's read bit only root could read the file, which is nearly always a typo
+  // (0 or 044) rather than intent.
+  if ((mode & 0o400) === 0) {
+    problems.push(`${label}: mode "${text}" does not let the file's owner read it; use 0400 or more, such as 0440 or 0644`);
     return undefined;
   }
   return mode;

@@ -9,9 +9,11 @@ import { setTimeout as startTimer } from "node:timers";
 import { collectGarbage, createFetch, runtimeName, runtimeVersion, type HttpServer } from "../runtime.ts";
 import { VERSION } from "../version.ts";
 import type { CsiConfig } from "./config.ts";
-import { createCsiMetrics } from "./metrics.ts";
+import { createCsiMetrics, type CsiMetrics } from "./metrics.ts";
 import { Mounter } from "./mount.ts";
 import { startProviderServer, type ProviderServer } from "./server.ts";
+import { loadVersionKey } from "./versions.ts";
+import { basename, dirname, join } from "node:path";
 
 const log = getLogger("csi");
 
@@ -24,7 +26,9 @@ export interface RunningProvider {
   /** The health server's URL, when it listens. */
   healthUrl?: string;
   mounter: Mounter;
-  stop(): Promise<void>;
+  metrics: CsiMetrics;
+  /** Stops the provider; Mount calls still running after `graceMs` (default 10 s) get UNAVAILABLE. */
+  stop(graceMs?: number): Promise<void>;
 }
 
 /**
@@ -41,7 +45,11 @@ export async function startCsiProvider(config: CsiConfig): Promise<RunningProvid
   }
 
   let mounter: Mounter | undefined;
-  const metrics = createCsiMetrics(() => mounter?.tokenCache.stats() ?? { exchanges: 0, hits: 0, entries: 0 });
+  const metrics = createCsiMetrics(
+    () => mounter?.tokenCache.stats() ?? { exchanges: 0, hits: 0, entries: 0 },
+    undefined,
+    () => mounter?.limiter.stats() ?? { active: 0, queued: 0, rejected: 0 },
+  );
   mounter = new Mounter({
     allowedUrls: config.allowedUrls,
     fetch: fetchFunction,
@@ -51,6 +59,9 @@ export async function startCsiProvider(config: CsiConfig): Promise<RunningProvid
     mountTimeoutMs: config.mountTimeoutMs,
     concurrency: config.mountConcurrency,
     maxResponseBytes: config.maxResponseBytes,
+    maxMounts: config.maxMounts,
+    maxQueuedMounts: config.mountQueue,
+    versionKey: await loadVersionKey(versionKeyPath(config.socketPath)),
     metrics,
   });
 
@@ -62,7 +73,8 @@ export async function startCsiProvider(config: CsiConfig): Promise<RunningProvid
     const app = createHealthApp({
       metrics: metrics.registry,
       alive: () => !stopping,
-      readiness: () => ({ ready: grpcServer !== undefined && !stopping, details: { socket: config.socketPath } }),
+      // The socket file must still be ours: a deleted or replaced socket makes the driver's calls fail.
+      readiness: () => ({ ready: grpcServer !== undefined && !stopping && grpcServer.socketPresent(), details: { socket: config.socketPath } }),
     });
     health = await startHealthServer(app, config.health);
   }
@@ -82,6 +94,8 @@ export async function startCsiProvider(config: CsiConfig): Promise<RunningProvid
         metrics.mountSeconds.inc({}, durationMs / 1000);
         collector.mountFinished();
       },
+      onAbortedByStop: () => metrics.mountsAborted.inc(),
+      onConnectionRejected: () => metrics.connectionsRejected.inc(),
     });
   } catch (error) {
     await health?.stop();
@@ -100,14 +114,20 @@ export async function startCsiProvider(config: CsiConfig): Promise<RunningProvid
   return {
     healthUrl: health?.url,
     mounter: active,
-    async stop() {
+    metrics,
+    async stop(graceMs?: number) {
       stopping = true;
       collector.stop();
-      await server.stop();
+      await server.stop(graceMs);
       await health?.stop();
       log.info("CSI provider stopped", { mounts: metrics.mounts.get({ result: "ok" }), errors: metrics.mounts.get({ result: "error" }) });
     },
   };
+}
+
+/** Returns the version key file next to the socket: `scaivault.sock` keeps its key in `scaivault.version-key`. */
+export function versionKeyPath(socketPath: string): string {
+  return join(dirname(socketPath), `${basename(socketPath).replace(/\.sock$/, "")}.version-key`);
 }
 
 /** Runs the provider until `signal` aborts (SIGTERM or SIGINT), then stops it. */

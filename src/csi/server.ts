@@ -6,8 +6,9 @@
  * `:authority`, and, through `authority.ts`, the raw path that older ones send.
  */
 import * as grpc from "@grpc/grpc-js";
+import { lstatSync } from "node:fs";
 import { chmod, lstat, mkdir, unlink } from "node:fs/promises";
-import { createServer, type Socket } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { dirname } from "node:path";
 import { AgentError, type ErrorCode } from "../errors.ts";
@@ -25,6 +26,7 @@ import {
 } from "./proto.ts";
 import { ResponseTooLargeError, type MountResult } from "./mount.ts";
 import { rewritingConnection } from "./authority.ts";
+import { capStatusMessage } from "./messages.ts";
 
 const log = getLogger("csi");
 
@@ -61,19 +63,29 @@ export interface ProviderServerOptions {
   maxSendBytes: number;
   /** Called after every Mount with the gRPC status name (`OK`, `INVALID_ARGUMENT`, ...) and its duration. */
   onMount?: (status: string, durationMs: number) => void;
+  /** Called for each Mount that a stop cancelled after the grace period. */
+  onAbortedByStop?: () => void;
+  /** Called for each connection closed for breaking the HTTP/2 frame limits. */
+  onConnectionRejected?: () => void;
 }
 
 /** A listening provider server. */
 export interface ProviderServer {
   socketPath: string;
-  /** Finishes calls in progress for up to `graceMs`, cancels the rest, and removes the socket. */
+  /** Whether the socket file this server bound is still at `socketPath`, for readiness. */
+  socketPresent(): boolean;
+  /**
+   * Finishes calls in progress for up to `graceMs`, then answers the rest UNAVAILABLE so the
+   * driver retries them, and removes the socket.
+   */
   stop(graceMs?: number): Promise<void>;
 }
 
 /**
  * Binds the socket and serves Version and Mount.
  *
- * @throws AgentError `config` when the path is taken by something that is not a socket or cannot be bound.
+ * @throws AgentError `config` when the path is taken by something that is not a socket, by a
+ *   socket another process listens on, or cannot be bound.
  */
 export async function startProviderServer(options: ProviderServerOptions): Promise<ProviderServer> {
   const { socketPath } = options;
@@ -93,8 +105,9 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
         callback({ code: grpc.status.UNAVAILABLE, details: "The ScaiVault provider is stopping; the driver retries the Mount" });
         return;
       }
-      calls.started();
-      serveMount(call, callback, options).finally(() => calls.finished());
+      const controller = new AbortController();
+      calls.started(controller);
+      serveMount(call, callback, options, controller).finally(() => calls.finished(controller));
     },
   });
 
@@ -102,7 +115,14 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const connections = new Set<{ socket: Socket; duplex: Duplex }>();
   const listener = createServer(function acceptConnection(socket) {
-    const duplex = rewritingConnection(socket, (count) => log.debug("Rewrote a raw socket path in :authority", { count }));
+    const duplex = rewritingConnection(
+      socket,
+      (count) => log.debug("Rewrote a raw socket path in :authority", { count }),
+      (reason) => {
+        log.warn("Closed a connection that broke the HTTP/2 frame limits", { socket: socketPath, reason });
+        options.onConnectionRejected?.();
+      },
+    );
     const connection = { socket, duplex };
     connections.add(connection);
     socket.once("close", () => connections.delete(connection));
@@ -124,21 +144,44 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
   let stopping: Promise<void> | undefined;
   return {
     socketPath,
+    socketPresent() {
+      try {
+        const stats = lstatSync(socketPath);
+        return stats.isSocket() && stats.ino === ino;
+      } catch {
+        return false;
+      }
+    },
     stop(graceMs = 10_000) {
       stopping ??= (async () => {
         // Some HTTP/2 servers (Bun's) close a session without waiting for its open streams, so
         // the Mount calls in progress are awaited here before the gRPC server shuts down.
         listener.close();
         const deadline = performance.now() + graceMs;
-        if (!(await calls.drain(graceMs))) log.warn("Mount calls still running after the grace period", { graceMs, calls: calls.active });
-        await flushConnections(connections, deadline);
-        await shutdown(server, Math.max(0, deadline - performance.now()));
+        if (!(await calls.drain(graceMs))) {
+          // Each aborted call answers UNAVAILABLE at once (see serveMount), so the driver
+          // retries it against the next provider instead of seeing a reset stream.
+          log.warn("Mount calls still running after the grace period, answering them UNAVAILABLE", { graceMs, calls: calls.active });
+          calls.abortAll();
+        }
+        await flushConnections(connections, performance.now() + STOP_FLUSH_MS);
+        await shutdown(server, Math.max(STOP_FLUSH_MS, deadline - performance.now()));
         await removeOwnSocket(socketPath, ino);
         log.info("Provider stopped", { socket: socketPath });
       })();
       return stopping;
     },
   };
+}
+
+/** Time a stop gives the answers of aborted calls to leave the connections. */
+const STOP_FLUSH_MS = 1_000;
+
+/** Reason of a Mount aborted by a stop. */
+class StopAbort extends AgentError {
+  constructor() {
+    super("unreachable", "The ScaiVault provider stopped before the Mount finished; the driver retries the Mount");
+  }
 }
 
 /** Maps an agent error code to the gRPC status the driver receives. The driver retries UNAVAILABLE only. */
@@ -164,19 +207,28 @@ export function grpcStatusFor(error: unknown): grpc.status {
 
 // ---------------------------------------------------------------------------------------------
 
-/** Counts Mount calls in progress, so that a stop can wait for them. */
+/** Tracks Mount calls in progress, so that a stop can wait for them or abort them. */
 class CallTracker {
-  active = 0;
   draining = false;
+  readonly #calls = new Set<AbortController>();
   #idle: Array<() => void> = [];
 
-  started(): void {
-    this.active += 1;
+  get active(): number {
+    return this.#calls.size;
   }
 
-  finished(): void {
-    this.active -= 1;
-    if (this.active === 0) for (const resolve of this.#idle.splice(0)) resolve();
+  started(controller: AbortController): void {
+    this.#calls.add(controller);
+  }
+
+  finished(controller: AbortController): void {
+    this.#calls.delete(controller);
+    if (this.#calls.size === 0) for (const resolve of this.#idle.splice(0)) resolve();
+  }
+
+  /** Aborts every call in progress with a `StopAbort`. */
+  abortAll(): void {
+    for (const controller of this.#calls) controller.abort(new StopAbort());
   }
 
   /** Rejects new calls from now on and resolves true once none runs, or false after `graceMs`. */
@@ -194,37 +246,59 @@ class CallTracker {
   }
 }
 
+/**
+ * Runs one Mount and answers it exactly once. An abort by a stop answers UNAVAILABLE at once,
+ * even when the mount does not end promptly. Every status message is capped by
+ * `capStatusMessage`, because trailers over the client's limit close the whole connection.
+ */
 function serveMount(
   call: grpc.ServerUnaryCall<MountRequest, Uint8Array>,
   callback: grpc.sendUnaryData<Uint8Array>,
   options: ProviderServerOptions,
+  controller: AbortController,
 ): Promise<void> {
   const started = performance.now();
-  const controller = new AbortController();
+  let answered = false;
+  const answer = (status: string, reply: () => void) => {
+    if (answered) return;
+    answered = true;
+    options.onMount?.(status, performance.now() - started);
+    try {
+      reply();
+    } catch (error) {
+      log.error("Cannot send the Mount answer", { status, ...errorFields(error) });
+    }
+  };
+  const fail = (error: unknown) => {
+    const code = grpcStatusFor(error);
+    const statusName = grpc.status[code] ?? String(code);
+
+    if (error instanceof AgentError) {
+      log.error("Mount failed", { status: statusName, ...errorFields(error) });
+      answer(statusName, () => callback({ code, details: capStatusMessage(error.message) }));
+      return;
+    }
+
+    // An unexpected failure: its message is logged with the stack, and the driver gets a
+    // fixed text, because a library's message could quote request data.
+    log.error("Mount failed unexpectedly", { status: statusName, ...errorFields(error), stack: (error as Error).stack });
+    answer(statusName, () => callback({ code, details: "Internal error in the ScaiVault provider; see the provider's log" }));
+  };
+
   call.on("cancelled", () => controller.abort(new AgentError("timeout", "The driver cancelled the Mount call")));
+  controller.signal.addEventListener("abort", function answerStopAbort() {
+    if (!(controller.signal.reason instanceof StopAbort) || answered) return;
+    options.onAbortedByStop?.();
+    fail(controller.signal.reason);
+  }, { once: true });
 
-  return options.mount(call.request, controller.signal).then(
-    (result) => {
-      options.onMount?.("OK", performance.now() - started);
-      callback(null, result.encoded);
-    },
-    (error: unknown) => {
-      const code = grpcStatusFor(error);
-      const statusName = grpc.status[code] ?? String(code);
-      options.onMount?.(statusName, performance.now() - started);
-
-      if (error instanceof AgentError) {
-        log.error("Mount failed", { status: statusName, ...errorFields(error) });
-        callback({ code, details: error.message });
-        return;
-      }
-
-      // An unexpected failure: its message is logged with the stack, and the driver gets a
-      // fixed text, because a library's message could quote request data.
-      log.error("Mount failed unexpectedly", { status: statusName, ...errorFields(error), stack: (error as Error).stack });
-      callback({ code, details: "Internal error in the ScaiVault provider; see the provider's log" });
-    },
-  );
+  // `then` on a resolved promise turns a synchronous throw of `mount` into a rejection.
+  return Promise.resolve()
+    .then(() => options.mount(call.request, controller.signal))
+    .then(
+      (result) => answer("OK", () => callback(null, result.encoded)),
+      (error: unknown) => fail(controller.signal.reason instanceof StopAbort ? controller.signal.reason : error),
+    );
 }
 
 /**
@@ -252,8 +326,42 @@ async function prepareSocketPath(socketPath: string): Promise<void> {
   if (!stats.isSocket()) {
     throw new AgentError("config", `Cannot listen on "${socketPath}": it exists and is not a socket; remove it or choose another CSI_SOCKET`);
   }
-  await unlink(socketPath);
-  log.info("Removed stale socket", { socket: socketPath });
+
+  // Only a socket that refuses connections is stale. A live one belongs to another provider,
+  // such as a second DaemonSet on the same host path, whose mounts would break if removed.
+  const probe = await probeSocket(socketPath);
+  if (probe === "live") {
+    throw new AgentError(
+      "config",
+      `Cannot listen on "${socketPath}": another process accepts connections on it; stop the other provider or choose another CSI_SOCKET`,
+    );
+  }
+  await unlink(socketPath).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "ENOENT") throw error;
+  });
+  log.info("Removed stale socket", { socket: socketPath, probe });
+}
+
+/** Time a connection attempt to an existing socket may take before it counts as live. */
+const SOCKET_PROBE_MS = 2_000;
+
+/**
+ * Connects to the socket: "stale" when the connection is refused or the file vanished, "live"
+ * when it is accepted. Other failures, and a connection that neither opens nor fails in time
+ * (a listener with a full backlog), count as live, so the socket is kept.
+ */
+function probeSocket(socketPath: string): Promise<"stale" | "live"> {
+  return new Promise((resolve) => {
+    const socket = connect(socketPath);
+    const finish = (result: "stale" | "live") => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(result);
+    };
+    const timer = setTimeout(() => finish("live"), SOCKET_PROBE_MS);
+    socket.once("connect", () => finish("live"));
+    socket.once("error", (error: NodeJS.ErrnoException) => finish(error.code === "ECONNREFUSED" || error.code === "ENOENT" ? "stale" : "live"));
+  });
 }
 
 function shutdown(server: grpc.Server, graceMs: number): Promise<void> {

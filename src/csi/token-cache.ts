@@ -4,11 +4,9 @@
  * reuse rule of `reuseDeadline`). Concurrent mounts of one service account share one exchange.
  *
  * The cache trusts the pod context of the Mount request, which the kubelet fills in. Before a
- * cached token is used for a pod, that pod's own projected token must be current, carry the
- * audience and name the same service account in `sub`, so a pod cannot borrow another service
- * account's token by naming it.
+ * cached token is used for a pod, `serviceAccountKey` checks that pod's own projected token, so
+ * a pod cannot borrow another service account's token by naming it.
  */
-import { createHash } from "node:crypto";
 import { AgentError } from "../errors.ts";
 import { getLogger } from "../log.ts";
 import { reuseDeadline } from "../auth.ts";
@@ -36,16 +34,25 @@ export interface TokenCacheOptions {
 
 /**
  * Checks the pod's projected token against the pod context and returns the cache key of its
+ * service account. A cached ScaiVault token skips the exchange in which ScaiVault would check the
+ * pod's token, so this check must reject every token that ScaiVault would: it requires a JWT whose
+ * `sub` is exactly `system:serviceaccount:<pod namespace>:<pod service account>`, whose `exp` is a
+ * number in the future, and whose `aud` contains the audience. It does not verify the signature:
+ * the kubelet sent the token, and the exchange, which ScaiVault verifies, comes first for each
  * service account.
  *
- * @throws AgentError `auth` when the token expired, lacks the audience or names another service account.
+ * @throws AgentError `auth` naming the problem (never the token) when a check fails.
  */
 export function serviceAccountKey(spec: MountSpec, tenantId = "", now = Date.now()): string {
   const { audience, pod, podToken } = spec;
   const podLabel = `pod "${pod.namespace}/${pod.name}"`;
+  const tokenLabel = `The service-account token of ${podLabel}`;
 
   if (podToken.expiresAt !== undefined && podToken.expiresAt <= now) {
     throw expiredError(podLabel, audience, podToken.expiresAt);
+  }
+  if (!pod.namespace || !pod.serviceAccountName) {
+    throw new AgentError("auth", `Cannot tell the service account of ${podLabel}: the request has no pod context; set podInfoOnMount: true on the CSIDriver`);
   }
 
   let claims: Record<string, unknown>;
@@ -53,39 +60,31 @@ export function serviceAccountKey(spec: MountSpec, tenantId = "", now = Date.now
     claims = decodeJwt(podToken.token).payload;
   } catch (error) {
     if (!(error instanceof JwtError)) throw error;
-
-    // Not a JWT: nothing ties it to a service account, so it shares no cached token.
-    const digest = createHash("sha256").update(podToken.token).digest("hex");
-    return JSON.stringify([spec.baseUrl, audience, spec.role ?? "", tenantId, "token", digest]);
+    throw new AgentError("auth", `${tokenLabel} is not a JWT; the kubelet's tokenRequests issue JWTs, so check the CSIDriver`);
   }
 
-  if (typeof claims.exp === "number" && claims.exp * 1000 <= now) throw expiredError(podLabel, audience, claims.exp * 1000);
-
-  if (claims.aud !== undefined) {
-    const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
-    if (!audiences.includes(audience)) {
-      throw new AgentError(
-        "auth",
-        `The service-account token of ${podLabel} is for the audience ${JSON.stringify(claims.aud)}, not "${audience}": ` +
-          `set tokenRequests audience "${audience}" on the CSIDriver secrets-store.csi.k8s.io, or set the SecretProviderClass parameter audience to match`,
-      );
-    }
+  if (typeof claims.exp !== "number" || !Number.isFinite(claims.exp)) {
+    throw new AgentError("auth", `${tokenLabel} has no numeric exp claim; Kubernetes service-account tokens always carry one`);
   }
+  if (claims.exp * 1000 <= now) throw expiredError(podLabel, audience, claims.exp * 1000);
 
-  const subject = typeof claims.sub === "string" ? SERVICE_ACCOUNT_SUBJECT.exec(claims.sub) : null;
-  const namespace = subject?.[1] ?? pod.namespace;
-  const account = subject?.[2] ?? pod.serviceAccountName;
-  if ((pod.namespace && namespace !== pod.namespace) || (pod.serviceAccountName && account !== pod.serviceAccountName)) {
+  const audiences = Array.isArray(claims.aud) ? claims.aud : claims.aud === undefined ? [] : [claims.aud];
+  if (!audiences.includes(audience)) {
     throw new AgentError(
       "auth",
-      `The service-account token of ${podLabel} belongs to "${namespace}/${account}", not to the pod's service account "${pod.namespace}/${pod.serviceAccountName}"`,
+      `${tokenLabel} is for the audience ${JSON.stringify(claims.aud ?? [])}, not "${audience}": ` +
+        `set tokenRequests audience "${audience}" on the CSIDriver secrets-store.csi.k8s.io, or set the SecretProviderClass parameter audience to match`,
     );
   }
-  if (!namespace || !account) {
-    throw new AgentError("auth", `Cannot tell the service account of ${podLabel}: the token has no sub claim and the request no pod context; set podInfoOnMount: true on the CSIDriver`);
+
+  const expected = `system:serviceaccount:${pod.namespace}:${pod.serviceAccountName}`;
+  if (claims.sub !== expected) {
+    const match = typeof claims.sub === "string" ? SERVICE_ACCOUNT_SUBJECT.exec(claims.sub) : null;
+    const owner = match ? `belongs to "${match[1]}/${match[2]}"` : "has no sub claim of the form system:serviceaccount:<namespace>:<name>";
+    throw new AgentError("auth", `${tokenLabel} ${owner}, not to the pod's service account "${pod.namespace}/${pod.serviceAccountName}"`);
   }
 
-  return JSON.stringify([spec.baseUrl, audience, spec.role ?? "", tenantId, namespace, account]);
+  return JSON.stringify([spec.baseUrl, audience, spec.role ?? "", tenantId, pod.namespace, pod.serviceAccountName]);
 }
 
 /** ScaiVault tokens by service-account key, with one shared exchange in flight per key. */

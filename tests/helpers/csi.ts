@@ -148,6 +148,8 @@ export async function startProviderFixture(options: {
     mountTimeoutMs: 20_000,
     mountConcurrency: 4,
     maxResponseBytes: DEFAULT_MAX_RESPONSE_BYTES,
+    maxMounts: 4,
+    mountQueue: 32,
     requestTimeoutMs: 10_000,
     maxAttempts: 3,
     ...options.provider,
