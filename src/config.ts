@@ -219,10 +219,12 @@ export function parseListenAddress(value: string, name: string): { hostname: str
   const text = value.trim();
   if (text.toLowerCase() === "off") return null;
 
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(text);
+  // A port has no leading zeros (`00080` is ambiguous), and a host is an IPv4 address, a name or a
+  // bracketed IPv6 address, so that a typo fails here and not with an obscure error from listen().
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]*)):(0|[1-9]\d{0,4})$/.exec(text);
   const port = match ? Number(match[3]) : NaN;
   if (!match || port > 65535) {
-    throw new AgentError("config", `Invalid ${name}: "${value}". Write host:port such as 0.0.0.0:8099 or 127.0.0.1:0, or off`);
+    throw new AgentError("config", `Invalid ${name}: "${value}". Write host:port such as [::]:8099, 0.0.0.0:8099 or 127.0.0.1:0, or off`);
   }
   return { hostname: match[1] ?? (match[2] || "0.0.0.0"), port };
 }

@@ -67,7 +67,7 @@ test.each([
   expect(parseListenAddress(input, "HEALTH_ADDR")).toEqual(expected);
 });
 
-test.each(["8099", "host:", "host:70000", "a b:1"])("parseListenAddress rejects %p", (input) => {
+test.each(["8099", "host:", "host:70000", "a b:1", "127.0.0.1:00080", "bad_host!:80"])("parseListenAddress rejects %p", (input) => {
   expect(() => parseListenAddress(input, "HEALTH_ADDR")).toThrow("Invalid HEALTH_ADDR");
 });
 

@@ -1,12 +1,12 @@
 /**
  * A process-wide bound on Mount calls: at most `maxActive` run, at most `maxQueued` wait, and
  * the rest fail at once with UNAVAILABLE, which the Secrets Store CSI driver retries. A Mount
- * holds its ScaiVault responses, the rendered files and their encoding, up to about three times
- * the response limit, so this bound is what keeps the provider under its memory limit.
+ * keeps its ScaiVault responses, the rendered files and their encoding in memory, up to about
+ * three times the response limit (an estimate), so this bound keeps the provider under its memory limit.
  */
 import { AgentError } from "../errors.ts";
 
-/** Error of a Mount refused because the queue is full; the server answers UNAVAILABLE. */
+/** Error of a Mount rejected because the queue is full; the server returns UNAVAILABLE for it. */
 export class MountQueueFullError extends AgentError {
   constructor(maxActive: number, maxQueued: number) {
     super(

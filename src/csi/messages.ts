@@ -1,8 +1,8 @@
 /**
- * Limits on the messages a Mount returns. grpc-go rejects a response whose trailers exceed its
- * header list limit (16 KiB by default; HTTP/2 servers cap it near 48 KiB) and closes the
- * shared connection, which fails the other pods' mounts in flight. So a status message names a
- * bounded number of problems and is cut to `MAX_STATUS_MESSAGE_BYTES` as the last resort.
+ * Limits on the messages a Mount returns. A status message travels in the HTTP/2 trailers. With
+ * trailers near 48 KiB the trailers never arrived: grpc-go reported "server closed the stream
+ * without sending trailers", and the connection that other pods' mounts share was closed. So a
+ * message names a bounded number of problems and is cut to `MAX_STATUS_MESSAGE_BYTES` at last.
  */
 
 /** Largest status message in UTF-8 bytes, well under every gRPC trailer limit. */

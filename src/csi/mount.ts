@@ -111,7 +111,7 @@ export class Mounter {
     const controller = new AbortController();
     const abort = () => controller.abort(signal?.reason);
     const timer = setTimeout(
-      () => controller.abort(new AgentError("unreachable", `ScaiVault did not answer within the Mount deadline of ${mountTimeoutMs / 1000} s; the driver retries the Mount`)),
+      () => controller.abort(new AgentError("unreachable", `ScaiVault did not respond within the Mount deadline of ${mountTimeoutMs / 1000} s; the driver retries the Mount`)),
       mountTimeoutMs,
     );
     signal?.addEventListener("abort", abort, { once: true });

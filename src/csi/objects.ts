@@ -38,7 +38,7 @@ const TEXT_KEYS = ["path", "file", "field", "format", "encoding"];
 export const MAX_OBJECTS_TEXT = 256 * 1024;
 /** Largest `objects` text that is cached. */
 const MAX_CACHED_TEXT = 16 * 1024;
-/** Total text of the cached entries, so the cache holds at most a few MiB with its objects. */
+/** Total text of the cached entries, which bounds the cache with its objects to a few MiB (an estimate). */
 const MAX_CACHED_TOTAL_TEXT = 1024 * 1024;
 
 /**

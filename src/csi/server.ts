@@ -75,7 +75,7 @@ export interface ProviderServer {
   /** Whether the socket file this server bound is still at `socketPath`, for readiness. */
   socketPresent(): boolean;
   /**
-   * Finishes calls in progress for up to `graceMs`, then answers the rest UNAVAILABLE so the
+   * Finishes calls in progress for up to `graceMs`, then fails the rest with UNAVAILABLE so the
    * driver retries them, and removes the socket.
    */
   stop(graceMs?: number): Promise<void>;
@@ -159,9 +159,9 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
         listener.close();
         const deadline = performance.now() + graceMs;
         if (!(await calls.drain(graceMs))) {
-          // Each aborted call answers UNAVAILABLE at once (see serveMount), so the driver
+          // Each aborted call returns UNAVAILABLE at once (see serveMount), so the driver
           // retries it against the next provider instead of seeing a reset stream.
-          log.warn("Mount calls still running after the grace period, answering them UNAVAILABLE", { graceMs, calls: calls.active });
+          log.warn("Mount calls still running after the grace period, failing them with UNAVAILABLE", { graceMs, calls: calls.active });
           calls.abortAll();
         }
         await flushConnections(connections, performance.now() + STOP_FLUSH_MS);
@@ -174,7 +174,7 @@ export async function startProviderServer(options: ProviderServerOptions): Promi
   };
 }
 
-/** Time a stop gives the answers of aborted calls to leave the connections. */
+/** Time a stop gives the responses of aborted calls to leave the connections. */
 const STOP_FLUSH_MS = 1_000;
 
 /** Reason of a Mount aborted by a stop. */

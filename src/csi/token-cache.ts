@@ -68,7 +68,9 @@ export function serviceAccountKey(spec: MountSpec, tenantId = "", now = Date.now
   }
   if (claims.exp * 1000 <= now) throw expiredError(podLabel, audience, claims.exp * 1000);
 
-  const audiences = Array.isArray(claims.aud) ? claims.aud : claims.aud === undefined ? [] : [claims.aud];
+  let audiences: unknown[] = [];
+  if (Array.isArray(claims.aud)) audiences = claims.aud;
+  else if (claims.aud !== undefined) audiences = [claims.aud];
   if (!audiences.includes(audience)) {
     throw new AgentError(
       "auth",
