@@ -52,6 +52,8 @@ export interface ClientOptions {
   onRequest?: (record: RequestRecord) => void;
   /** Largest response body read; a longer one fails the attempt with a `server` error. @default 64 MiB */
   maxResponseBytes?: number;
+  /** Longest `Retry-After` honoured; a longer one fails the call at once. @default MAX_RETRY_AFTER_MS */
+  maxRetryAfterMs?: number;
 }
 
 export interface RequestOptions {
@@ -175,8 +177,9 @@ export class ScaiVaultClient {
         waitMs = decision === "retry-after" && error.retryAfterMs !== undefined
           ? error.retryAfterMs
           : backoffDelay(attempt, this.#options.backoff);
-        if (waitMs > MAX_RETRY_AFTER_MS) {
-          throw new AgentError(error.code, `${error.message}: ScaiVault asked to wait ${Math.round(waitMs / 1000)} s, more than the ${MAX_RETRY_AFTER_MS / 1000} s the agent waits`, {
+        const maxWaitMs = this.#options.maxRetryAfterMs ?? MAX_RETRY_AFTER_MS;
+        if (waitMs > maxWaitMs) {
+          throw new AgentError(error.code, `${error.message}: ScaiVault asked to wait ${Math.round(waitMs / 1000)} s, more than the ${maxWaitMs / 1000} s the agent waits`, {
             cause: error,
             serverCode: error.serverCode,
             requestId: error.requestId,

@@ -168,7 +168,7 @@ export const SETTINGS = {
     maxMounts: {
       env: "CSI_MAX_MOUNTS",
       flag: "max-mounts",
-      description: "Mount calls the provider runs at once; each may hold about 3 times CSI_MAX_RESPONSE_BYTES, so size it with the memory limit",
+      description: "Mount calls the provider runs at once; each takes up to about 25 MiB with the default limits, so size it with the memory limit",
       default: "4",
     },
     mountQueue: {

@@ -76,6 +76,8 @@ describe("csi config", () => {
       CSI_MOUNT_TIMEOUT: "0s",
       CSI_MOUNT_CONCURRENCY: "0",
       CSI_MAX_RESPONSE_BYTES: "4MiB",
+      CSI_MAX_MOUNTS: "0",
+      CSI_MOUNT_QUEUE: "-1",
     };
 
     let message = "";
@@ -88,11 +90,13 @@ describe("csi config", () => {
     expect(message.split("\n")).toEqual([
       'Invalid CSI_SOCKET "scaivault.sock": write an absolute path ending in scaivault.sock',
       'Invalid CSI_SOCKET_MODE: "rw". Write an octal mode such as 0644 or 0400',
-      'Invalid HEALTH_ADDR: "8098". Write host:port such as 0.0.0.0:8099 or 127.0.0.1:0, or off',
+      'Invalid HEALTH_ADDR: "8098". Write host:port such as [::]:8099, 0.0.0.0:8099 or 127.0.0.1:0, or off',
       'Invalid SCAIVAULT_ALLOWED_URLS entry "*": write a base URL such as https://scaivault.example.com, https://*.example.com or https://*',
       'Invalid CSI_MOUNT_TIMEOUT: "0s" must be longer than zero',
       'Invalid CSI_MOUNT_CONCURRENCY: "0". Write a whole number from 1 to 64',
       'Invalid CSI_MAX_RESPONSE_BYTES: "4MiB". Write a whole number from 1024 to 268435456',
+      'Invalid CSI_MAX_MOUNTS: "0". Write a whole number from 1 to 256',
+      'Invalid CSI_MOUNT_QUEUE: "-1". Write a whole number from 0 to 10000',
     ]);
   });
 });

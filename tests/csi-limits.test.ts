@@ -119,6 +119,35 @@ describe("csi limits", () => {
     }
   });
 
+  test("a Retry-After past the Mount deadline fails at once", async () => {
+    await addFault({ method: "POST", path_prefix: "/v1/secrets/batch", status: 429, code: "rate_limited", retry_after: 60, count: 1 });
+    try {
+      const error = await callError(() => fixture.client.mount({ attributes: attributes() }));
+      expect(error.code).toBe(UNAVAILABLE);
+      expect(error.details).toContain("ScaiVault asked to wait 60 s, more than the 3 s the agent waits");
+    } finally {
+      await clearFaults();
+    }
+  });
+
+  test("cancelling one Mount keeps the exchange it shares", async () => {
+    // A namespace of its own, so the service account has no cached ScaiVault token yet.
+    const shared = attributes({ namespace: "cancel", tokens: { scaivault: podToken("cancel", "billing") } });
+    const impatient = connectCsi(fixture.socketPath, 300);
+    await addFault({ method: "POST", path_prefix: "/v1/auth/exchange", delay_ms: 1_000, count: 1 });
+    try {
+      const cancelled = callError(() => impatient.mount({ attributes: shared }));
+      await Bun.sleep(50);
+      const patient = fixture.client.mount({ attributes: shared });
+
+      expect((await cancelled).code).toBe(4); // DEADLINE_EXCEEDED, set by the client
+      expect((await patient).files).toHaveLength(2);
+    } finally {
+      impatient.close();
+      await clearFaults();
+    }
+  });
+
   test("objects over 256 KiB are rejected and not cached", async () => {
     const before = parsedObjectsCacheStats();
     const objects = `- path: ${DATABASE}\n  file: db.json\n${"#".repeat(300 * 1024)}\n`;

@@ -1,8 +1,8 @@
 /**
  * A process-wide bound on Mount calls: at most `maxActive` run, at most `maxQueued` wait, and
  * the rest fail at once with UNAVAILABLE, which the Secrets Store CSI driver retries. A Mount
- * keeps its ScaiVault responses, the rendered files and their encoding in memory, up to about
- * three times the response limit (an estimate), so this bound keeps the provider under its memory limit.
+ * keeps its ScaiVault responses, the rendered files and their encoding in memory, about 25 MiB
+ * at worst with the default limits (an estimate), so this bound keeps the provider under its memory limit.
  */
 import { AgentError } from "../errors.ts";
 
@@ -39,7 +39,7 @@ export class MountLimiter {
   }
 
   /**
-   * Waits for a slot and returns its release function, which must be called exactly once.
+   * Waits for a slot and returns its release function. Call it when the Mount ends; later calls do nothing.
    *
    * @throws MountQueueFullError when the queue is full; the abort reason of `signal` when it aborts while waiting.
    */

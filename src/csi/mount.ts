@@ -170,15 +170,21 @@ export class Mounter {
       requestTimeoutMs: this.#options.requestTimeoutMs,
       onRequest: this.#options.metrics?.recordRequest,
       maxResponseBytes: Math.max(MIN_SCAIVAULT_RESPONSE_BYTES, 2 * (this.#options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES)),
+      // A wait past the Mount deadline cannot succeed, so the Mount fails at once and the driver retries.
+      maxRetryAfterMs: this.#options.mountTimeoutMs ?? 30_000,
     });
 
     const cache = this.tokenCache;
+    const exchangeTimeoutMs = this.#options.mountTimeoutMs ?? 30_000;
     let handedOut: string | undefined;
     const tokens: TokenSource = {
       kind: "csi-exchange",
       async getToken() {
         handedOut = await cache.get(key, spec.podToken.token, async function exchangePodToken(subjectToken) {
-          const issued = await exchangeToken(base, subjectToken, { audience: spec.audience, role: spec.role, signal });
+          // Concurrent mounts of the service account share this exchange, so it ends on its own
+          // deadline rather than on the signal of the mount that started it.
+          const shared = base.withSignal(AbortSignal.timeout(exchangeTimeoutMs));
+          const issued = await exchangeToken(shared, subjectToken, { audience: spec.audience, role: spec.role });
           log.info("Exchanged service-account token", {
             namespace: spec.pod.namespace,
             serviceAccount: spec.pod.serviceAccountName,
