@@ -59,7 +59,11 @@ export async function exchangeToken(
 
   if (issued.expiresAt === undefined) {
     const whoami = await client.withTokens(staticTokenSource(issued.token)).whoami();
-    issued = { ...issued, expiresAt: parseWhoamiExpiry(whoami) };
+    try {
+      issued = { ...issued, expiresAt: parseWhoamiExpiry(whoami) };
+    } catch (error) {
+      throw new AgentError("server", `Unexpected whoami response: ${(error as ContractError).message}`);
+    }
   }
   return issued;
 }

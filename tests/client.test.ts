@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startDevServer, type DevServer } from "../src/dev/server.ts";
 import { ScaiVaultClient, type RequestRecord } from "../src/client.ts";
-import { exchangeTokenSource, reuseDeadline, staticTokenSource } from "../src/auth.ts";
+import { exchangeToken, exchangeTokenSource, reuseDeadline, staticTokenSource } from "../src/auth.ts";
 import { AgentError } from "../src/errors.ts";
 import { configureLogging } from "../src/log.ts";
 import { projectedToken } from "../src/dev/guide.ts";
@@ -241,6 +241,27 @@ describe("exchangeTokenSource", () => {
 
     expect(new Set(tokens).size).toBe(1);
     expect(records.filter((record) => record.route === "auth.exchange")).toHaveLength(1);
+  });
+});
+
+describe("exchangeToken", () => {
+  test("exchange reports an unreadable whoami expiry as a server error", async () => {
+    const server = createServer((request, response) => {
+      response.writeHead(200, { "content-type": "application/json" });
+      if (request.url === "/v1/auth/exchange") response.end(JSON.stringify({ access_token: "svt_no_expiry" }));
+      else response.end(JSON.stringify({ identity_id: "sa:x", token_expires_at: "soon-ish" }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as { port: number }).port;
+
+    try {
+      const client = new ScaiVaultClient({ baseUrl: `http://127.0.0.1:${port}`, maxAttempts: 1 });
+      const call = exchangeToken(client, projectedToken(), {});
+      await expect(call).rejects.toMatchObject({ code: "server" });
+      await expect(exchangeToken(client, projectedToken(), {})).rejects.toThrow("Unexpected whoami response: token_expires_at is not an ISO-8601 time");
+    } finally {
+      server.close();
+    }
   });
 });
 
