@@ -1,5 +1,7 @@
 /** From a fetched secret and its mapping line to a file on disk: shared by `init` and `sidecar`. */
+import { basename } from "node:path";
 import { AgentError } from "./errors.ts";
+import { LEASE_STATE_FILE } from "./lease-store.ts";
 import { resolveTarget, writeFileAtomic, type WriteResult } from "./files.ts";
 import type { FileOptions, SecretMapping } from "./mapping.ts";
 import type { OutputConfig } from "./config.ts";
@@ -30,6 +32,10 @@ export function resolveTargets<M extends FileOptions & { target: string; line: n
   for (const mapping of mappings) {
     try {
       const file = resolveTarget(mapping.target, output.layout);
+      if (basename(file) === LEASE_STATE_FILE || basename(file) === `${LEASE_STATE_FILE}.lock`) {
+        problems.push(`${variable} line ${mapping.line}: "${mapping.target}" is the agent's lease state file; choose another file name`);
+        continue;
+      }
       const earlier = lineOfFile.get(file);
       if (earlier !== undefined) {
         // Spellings such as `a`, `./a` and `/run/secrets/a` name one file; two writers would race.

@@ -5,7 +5,7 @@
 import type { ScaiVaultClient } from "./client.ts";
 import { renderTarget, type FileTarget } from "./deliver.ts";
 import { generateLease } from "./lease-api.ts";
-import { sha256Hex, type LeaseRecord } from "./lease-store.ts";
+import { sha256Hex, type LeaseRecord, type RenderOptions } from "./lease-store.ts";
 import { getLogger } from "./log.ts";
 import type { DynamicMapping } from "./mapping.ts";
 
@@ -49,6 +49,7 @@ export async function generateForLine(
     incrementMs: Math.min(mapping.ttlMs ?? lease.durationMs, lease.durationMs),
     renewable: lease.renewable,
     generatedBy: owner,
+    render: renderOptionsOf(target),
   };
   if (mapping.ttlMs !== undefined && lease.durationMs < mapping.ttlMs) {
     log.info("The server granted a shorter TTL than requested; renewals request the granted TTL", { leaseId: record.leaseId, file, grantedSeconds: lease.durationMs / 1000 });
@@ -64,4 +65,20 @@ export async function generateForLine(
 
   record.fileSha256 = sha256Hex(bytes);
   return { record, bytes };
+}
+
+/** The options of `target`'s line that shape its file, as recorded in the state file. */
+export function renderOptionsOf(target: FileTarget<DynamicMapping>): RenderOptions {
+  const { format, field, encoding } = target.mapping;
+  return { format, ...(field === undefined ? {} : { field }), encoding, mode: target.mode };
+}
+
+/** Names the options in which `recorded` differs from `expected`, e.g. `["format json -> env", "mode 0644 -> 0400"]`. */
+export function renderDifferences(recorded: RenderOptions, expected: RenderOptions): string[] {
+  const differences: string[] = [];
+  for (const key of ["format", "field", "encoding"] as const) {
+    if (recorded[key] !== expected[key]) differences.push(`${key} ${recorded[key] ?? "(none)"} -> ${expected[key] ?? "(none)"}`);
+  }
+  if (recorded.mode !== expected.mode) differences.push(`mode 0${recorded.mode.toString(8)} -> 0${expected.mode.toString(8)}`);
+  return differences;
 }

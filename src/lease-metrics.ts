@@ -5,7 +5,7 @@
 import { MetricsRegistry, type Counter, type Gauge } from "./metrics.ts";
 
 /** Why a lease was generated: the `reason` label and a log field. */
-export type GenerateReason = "start" | "max_ttl" | "short_grant" | "lost" | "renew_failed" | "retry";
+export type GenerateReason = "start" | "options" | "max_ttl" | "short_grant" | "lost" | "renew_failed" | "retry";
 
 /** A lease operation, as the `operation` label of the failure counter. */
 export type LeaseOperation = "generate" | "renew" | "revoke" | "lookup" | "write";

@@ -48,6 +48,7 @@ export class LeaseRevoker {
   /** Marks `record` retiring, to be revoked at `revokeAt` (epoch milliseconds). */
   retire(record: LeaseRecord, revokeAt: number): void {
     record.state = "retiring";
+    record.revokeAt = revokeAt;
     const entry: Entry = { record, revokeAt, attempts: 0 };
     clearTimeout(this.#entries.get(record.leaseId)?.timer);
     this.#entries.set(record.leaseId, entry);
@@ -73,10 +74,14 @@ export class LeaseRevoker {
     }
   }
 
-  /** Revokes every retired lease now, once each, for `init`, which sets no timers. */
+  /**
+   * Revokes, once each, the retired leases whose time has come, for `init`, which sets no timers.
+   * Leases still in their grace period stay retired, for the sidecar to revoke.
+   */
   async revokeDue(signal: AbortSignal): Promise<void> {
     const bounded = AbortSignal.any([signal, AbortSignal.timeout(REVOKE_TIMEOUT_MS)]);
-    await Promise.all([...this.#entries.values()].map((entry) => this.#revoke(entry, bounded, false)));
+    const due = [...this.#entries.values()].filter((entry) => entry.revokeAt <= Date.now());
+    await Promise.all(due.map((entry) => this.#revoke(entry, bounded, false)));
   }
 
   /** Revokes every retired lease within `timeoutMs`; failures stay retired. */

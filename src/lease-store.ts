@@ -8,13 +8,18 @@
  *   {"version": 1, "leases": [{"leaseId": "lease_01J...", "engine": "postgres-prod", "role": "readonly",
  *     "file": "/run/secrets/db.json", "fileSha256": "9f2c...", "state": "active",
  *     "issuedAt": "...", "grantedAt": "...", "expiresAt": "...", "maxExpiresAt": "...",
- *     "durationSeconds": 7200, "incrementSeconds": 7200, "renewable": true, "generatedBy": "init"}]}
+ *     "durationSeconds": 7200, "incrementSeconds": 7200, "renewable": true, "generatedBy": "init",
+ *     "render": {"format": "json", "encoding": "utf8", "mode": 416}}]}
+ *
+ * A retiring lease also has `revokeAt`, the end of its grace period. One process at a time holds
+ * the file, through `<file>.lock` (see lease-lock.ts).
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import * as v from "valibot";
 import type { OutputConfig } from "./config.ts";
 import { outputDirs, readIfExists, writeFileAtomic } from "./files.ts";
+import { acquireLeaseLock, type LeaseLock } from "./lease-lock.ts";
 import { errorFields, getLogger } from "./log.ts";
 
 const log = getLogger("leases");
@@ -47,6 +52,18 @@ export interface LeaseRecord {
   incrementMs: number;
   renewable: boolean;
   generatedBy: "init" | "sidecar";
+  /** For a retiring lease: when to revoke it (the end of its grace period). */
+  revokeAt?: number;
+  /** The line options its file was rendered with; undefined in files of older versions. */
+  render?: RenderOptions;
+}
+
+/** The options of a DYNAMIC line that shape its file. */
+export interface RenderOptions {
+  format: string;
+  field?: string;
+  encoding: string;
+  mode: number;
 }
 
 /** Reads and writes the state file. Writes happen one after another, in call order. */
@@ -54,12 +71,33 @@ export class LeaseStore {
   readonly path: string;
   readonly #output: OutputConfig;
   #tail: Promise<void> = Promise.resolve();
+  #lock: LeaseLock | undefined;
 
   constructor(output: OutputConfig, fileName = LEASE_STATE_FILE) {
     const dir = outputDirs(output.layout)[0];
     if (dir === undefined) throw new Error("No output directory is configured; set OUTPUT_DIRS");
     this.path = join(dir, fileName);
     this.#output = output;
+  }
+
+  /** Path of the lock file that makes one process the holder of the state file. */
+  get lockPath(): string {
+    return `${this.path}.lock`;
+  }
+
+  /**
+   * Takes the exclusive hold on the state file for `owner`; a second call keeps the first hold.
+   *
+   * @throws AgentError `lease` naming the file and the pid when another live process holds it.
+   */
+  lock(owner: string): void {
+    this.#lock ??= acquireLeaseLock(this.lockPath, owner);
+  }
+
+  /** Gives the hold back. */
+  unlock(): void {
+    this.#lock?.release();
+    this.#lock = undefined;
   }
 
   /**
@@ -133,6 +171,8 @@ const RecordSchema = v.object({
   incrementSeconds: v.number(),
   renewable: v.boolean(),
   generatedBy: v.picklist(["init", "sidecar"]),
+  revokeAt: v.optional(Time),
+  render: v.optional(v.object({ format: v.string(), field: v.optional(v.string()), encoding: v.string(), mode: v.number() })),
 });
 
 type DiskRecord = v.InferOutput<typeof RecordSchema>;
@@ -153,6 +193,8 @@ function toDisk(record: LeaseRecord): DiskRecord {
     incrementSeconds: record.incrementMs / 1000,
     renewable: record.renewable,
     generatedBy: record.generatedBy,
+    ...(record.revokeAt === undefined ? {} : { revokeAt: new Date(record.revokeAt).toISOString() }),
+    ...(record.render === undefined ? {} : { render: record.render }),
   };
 }
 
@@ -172,5 +214,7 @@ function fromDisk(record: DiskRecord): LeaseRecord {
     incrementMs: record.incrementSeconds * 1000,
     renewable: record.renewable,
     generatedBy: record.generatedBy,
+    revokeAt: record.revokeAt === undefined ? undefined : Date.parse(record.revokeAt),
+    render: record.render,
   };
 }

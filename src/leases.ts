@@ -1,12 +1,18 @@
 /**
  * The life cycle of the dynamic leases of DYNAMIC, one lease per line:
  *
- * - start: adopt the lease recorded in the state file when its file still contains the lease's
- *   credential and the server still has the lease. Otherwise generate a lease and write its file.
- *   Recorded leases that no line adopts are revoked.
+ * - start: take the exclusive hold on the state file (a second live holder fails at once). Adopt
+ *   the lease recorded for each line when its file still contains the lease's credential, the
+ *   server still has the lease, and the line's options (format, field, mode) are those recorded;
+ *   with other options a new lease replaces it. Otherwise generate a lease. Files are written
+ *   only after every lease was generated and recorded. Recorded leases of a configured line
+ *   (engine, role, file) that no line adopts are revoked, a replaced one at the end of its grace
+ *   period; entries of no configured line, and leases the server will not show to this identity,
+ *   are left alone and expire at their TTL.
  * - run: renew each lease at about two thirds of its grant. When a renewal comes back short, or
  *   the lease reached its maximum lifetime, generate a new lease at two thirds of the last grant,
- *   write the new credential, call `onCredentialsChanged` once, and revoke the old lease after a
+ *   write the new credential, call `onCredentialsChanged` once for the changes of one second, and
+ *   revoke the old lease after a
  *   grace period. A failing renewal is retried with backoff and, once the lease is about to
  *   expire, replaced by a new lease. Every failure is logged and counted.
  * - stop: revoke every lease held, within a time bound. A lease the server no longer has
@@ -15,20 +21,24 @@
  *
  * The state file is written before each credential file, so that a crash leaves no lease that
  * the next start cannot find.
- * NOTE: a lease whose generate request was in flight at a crash, or cut off by stop(), is not
- * recorded; it expires at its TTL.
+ * A generate request is not tied to the run signal (a cancelled request may still create the
+ * lease on the server): stop() waits for it, bounded, and revokes what it returns, even late.
+ * NOTE: a lease whose generate request was in flight at a crash is not recorded; it expires at its TTL.
  */
 import type { ScaiVaultClient } from "./client.ts";
 import type { OutputConfig } from "./config.ts";
 import { resolveTargets, type FileTarget } from "./deliver.ts";
 import { AgentError } from "./errors.ts";
 import { writeFileAtomic } from "./files.ts";
-import { adoptLease, findRecordedLease } from "./lease-adopt.ts";
-import { generateForLine } from "./lease-generate.ts";
+import { rm } from "node:fs/promises";
+import { readIfExists } from "./files.ts";
+import { adoptLease, findRecordedLease, settleRecords } from "./lease-adopt.ts";
+import { ChangeBatcher } from "./lease-changes.ts";
+import { generateForLine, renderDifferences, renderOptionsOf, type GeneratedLease } from "./lease-generate.ts";
 import { createLeaseMetrics, type GenerateReason, type LeaseMetrics } from "./lease-metrics.ts";
 import { renewOnce } from "./lease-renew.ts";
 import { LeaseRevoker, type RevokeSummary } from "./lease-revoker.ts";
-import { LeaseStore, type LeaseRecord } from "./lease-store.ts";
+import { LeaseStore, sha256Hex, type LeaseRecord } from "./lease-store.ts";
 import { atMaxLifetime, nextActionAt, retryDelayMs } from "./lease-timing.ts";
 import { errorFields, getLogger } from "./log.ts";
 import type { DynamicMapping } from "./mapping.ts";
@@ -52,6 +62,8 @@ export interface LeaseManagerOptions {
   revokeGraceMs?: number;
   /** Upper bound of `stop()`. @default 10000 */
   stopTimeoutMs?: number;
+  /** Credential changes within this window (at most half of `revokeGraceMs`) make one `onCredentialsChanged` call. @default 1000 */
+  changeWindowMs?: number;
   store?: LeaseStore;
   metrics?: LeaseMetrics;
   /** @default Math.random */
@@ -63,6 +75,12 @@ const MAX_TIMER_MS = 2_147_483_647;
 
 /** Error codes that another attempt does not fix, so the sidecar stops at start instead of retrying. */
 const PERMANENT_CODES = new Set(["config", "forbidden", "not_found"]);
+
+/** Upper bound of one generate request; it is not cut by the run signal. */
+const GENERATE_TIMEOUT_MS = 30_000;
+
+/** Upper bound of revoking a lease whose generate request returned after stop() ended. */
+const LATE_REVOKE_MS = 5_000;
 
 /** Holds the leases of DYNAMIC; see the module comment. */
 export class LeaseManager {
@@ -77,6 +95,14 @@ export class LeaseManager {
   readonly #random: () => number;
   #signal: AbortSignal = this.#controller.signal;
   #stopping: Promise<RevokeSummary> | undefined;
+  #stopped = false;
+  /** True while this manager holds the state file; only then does it write it. */
+  #holding = false;
+  /** Recorded leases of no configured line, or not ours: kept in the state file until they expire. */
+  #kept: LeaseRecord[] = [];
+  /** Files this manager wrote, by lease id, with their digest. */
+  readonly #written = new Map<string, { file: string; sha: string }>();
+  readonly #changes: ChangeBatcher;
 
   /** @throws AgentError `config` when a target is outside the output directories. */
   constructor(options: LeaseManagerOptions) {
@@ -93,6 +119,13 @@ export class LeaseManager {
       random: this.#random,
       signal: () => this.#signal,
       onChange: () => this.#persist(),
+    });
+
+    // The window is at most half the grace period, so that the signal comes before the old lease's revocation.
+    this.#changes = new ChangeBatcher({
+      windowMs: Math.min(options.changeWindowMs ?? 1000, (options.revokeGraceMs ?? 30_000) / 2),
+      notify: (files) => options.onCredentialsChanged?.(files),
+      track: (promise) => this.#track(promise),
     });
 
     this.metrics.registry.onCollect(() => this.#collect());
@@ -122,46 +155,64 @@ export class LeaseManager {
     this.#signal = signal ? AbortSignal.any([signal, this.#controller.signal]) : this.#controller.signal;
     log.info("Starting leases", { leases: this.#slots.length, stateFile: this.store.path, renew });
 
+    this.store.lock(this.#options.owner);
+    this.#holding = true;
     const records = await this.store.load();
-    const adopted = new Set<string>();
-    const written: string[] = [];
-    const failures: AgentError[] = [];
-
-    await Promise.all(
-      this.#slots.map(async (slot) => {
-        const record = await findRecordedLease(records, { ...slot.target.mapping, file: slot.target.file });
-        if (record && (await this.#track(adoptLease(record, this.#deps())))) {
-          slot.lease = record;
-          adopted.add(record.leaseId);
-          return;
-        }
-
-        try {
-          await this.#generate(slot, "start");
-          written.push(slot.target.file);
-        } catch (error) {
-          const failure = this.#failure(slot, error, "generate");
-          if (!renew || PERMANENT_CODES.has(failure.code) || this.#signal.aborted) failures.push(failure);
-          else this.#schedule(slot, Date.now() + retryDelayMs(1, this.#random), "replace", "retry");
-        }
-      }),
-    );
-
-    // Recorded leases that no line adopted are revoked: a changed line, a mismatched file, an expired lease.
-    for (const record of records) if (!adopted.has(record.leaseId)) this.#revoker.retire(record, Date.now());
-    await this.#persist();
-
+    const { claimed, failures } = await this.#adoptOrGenerate(records, renew);
+    this.#settleRecords(records, claimed);
+    await this.#persist(!renew);
     if (failures.length) throw failures[0]!;
 
+    // Every lease is generated and recorded: only now are the files written.
+    const written: string[] = [];
+    for (const slot of this.#slots) {
+      if (!slot.generated) continue;
+      const { generated } = slot;
+      slot.generated = undefined;
+      try {
+        await this.#install(slot, generated, "start");
+        written.push(slot.target.file);
+      } catch (error) {
+        const failure = this.#failure(slot, error, "generate");
+        if (!renew) throw failure;
+        this.#schedule(slot, Date.now() + retryDelayMs(1, this.#random), "replace", "retry");
+      }
+    }
+
     if (renew) {
-      for (const slot of this.#slots) if (slot.lease) this.#planNext(slot);
+      for (const slot of this.#slots) {
+        if (!slot.lease || slot.timer !== undefined) continue;
+        // A changed ttl applies from the first renewal, which comes at once.
+        if (slot.renewSoon && !atMaxLifetime(slot.lease)) this.#schedule(slot, Date.now(), "renew");
+        else this.#planNext(slot);
+      }
       this.#revoker.startTimers();
     } else {
       await this.#revoker.revokeDue(this.#signal);
+      await this.#persist(true);
+      this.#release();
     }
 
-    log.info("Leases ready", { adopted: adopted.size, generated: written.length, files: written });
+    log.info("Leases ready", { adopted: claimed.size, generated: written.length, files: written });
     return written;
+  }
+
+  /**
+   * Removes the files this manager wrote for `leaseIds` when they still hold that lease's
+   * credential, so that a failed `init` leaves no revoked credential behind.
+   */
+  async removeWrittenFiles(leaseIds: string[]): Promise<string[]> {
+    const removed: string[] = [];
+    for (const leaseId of leaseIds) {
+      const written = this.#written.get(leaseId);
+      if (!written) continue;
+      const current = await readIfExists(written.file).catch(() => undefined);
+      if (!current || sha256Hex(current.bytes) !== written.sha) continue;
+      await rm(written.file, { force: true });
+      removed.push(written.file);
+      log.info("Removed the credential file of a revoked lease", { leaseId, file: written.file });
+    }
+    return removed;
   }
 
   /**
@@ -178,35 +229,130 @@ export class LeaseManager {
     const started = Date.now();
     for (const slot of this.#slots) clearTimeout(slot.timer);
     this.#revoker.stopTimers();
+    this.#changes.close();
 
-    // An operation in flight may be generating a lease: let it finish, so that lease is revoked too.
-    if (this.#inFlight.size) await Promise.race([Promise.allSettled([...this.#inFlight]), delay(Math.min(2000, timeoutMs / 3))]);
+    // A generate request in flight may create a lease: wait for it, so that lease is revoked too.
+    if (this.#inFlight.size) await Promise.race([Promise.allSettled([...this.#inFlight]), delay(Math.min(5000, timeoutMs / 2))]);
     this.#controller.abort(new AgentError("timeout", "Leases are stopping"));
 
     for (const slot of this.#slots) {
       for (const lease of [slot.lease, slot.pending]) if (lease) this.#revoker.retire(lease, Date.now());
       slot.lease = undefined;
       slot.pending = undefined;
+      slot.generated = undefined;
     }
 
     const summary = await this.#revoker.revokeAll(Math.max(500, timeoutMs - (Date.now() - started)));
     await this.#persist();
+    this.#stopped = true;
+    this.#release();
     return summary;
   }
 
   /**
-   * Generates a lease for `slot`, records it, then writes its file. The replaced lease, if any,
-   * is retired and revoked after the grace period. On a failed write the old lease stays current.
+   * Adopts the recorded lease of each line, or generates one (recorded as pending, file not yet
+   * written). Returns the ids of recorded leases it accounted for, and the failures that end start.
    */
-  async #generate(slot: Slot, reason: GenerateReason): Promise<LeaseRecord> {
-    const { mapping, file } = slot.target;
-    const { record, bytes } = await this.#track(
-      generateForLine(slot.target, this.#options.owner, this.#deps(), (unusable) => this.#revoker.retire(unusable, Date.now())),
-    );
+  async #adoptOrGenerate(records: LeaseRecord[], renew: boolean): Promise<{ claimed: Set<string>; failures: AgentError[] }> {
+    const claimed = new Set<string>();
+    const failures: AgentError[] = [];
 
-    // Recorded before the file is written, so that a crash in between leaks no lease.
-    slot.pending = record;
-    await this.#persist();
+    await Promise.all(
+      this.#slots.map(async (slot) => {
+        const { mapping } = slot.target;
+        const record = await findRecordedLease(records, { ...mapping, file: slot.target.file });
+        const result = record ? await this.#track(adoptLease(record, this.#deps())) : undefined;
+        if (record && result === "foreign") claimed.add(record.leaseId);
+
+        let reason: GenerateReason = "start";
+        if (record && result === "adopted") {
+          claimed.add(record.leaseId);
+          slot.lease = record;
+          const expected = renderOptionsOf(slot.target);
+          const differences = record.render ? renderDifferences(record.render, expected) : [];
+          if (mapping.ttlMs !== undefined && mapping.ttlMs !== record.incrementMs) {
+            differences.push(`ttl ${record.incrementMs / 1000}s -> ${mapping.ttlMs / 1000}s`);
+            record.incrementMs = mapping.ttlMs;
+            slot.renewSoon = true;
+          }
+          if (differences.length) log.warn("Adopted lease was recorded with other line options", { leaseId: record.leaseId, file: slot.target.file, differences });
+
+          // The credential is not stored outside its file: other file options need a new lease.
+          if (!record.render || !renderDifferences(record.render, expected).length) {
+            record.render = expected;
+            return;
+          }
+          reason = "options";
+          log.warn("Generating a new lease for the changed file options; the adopted one is revoked after the grace period", { leaseId: record.leaseId, file: slot.target.file });
+        }
+
+        try {
+          slot.generated = await this.#obtain(slot, !renew);
+          if (reason === "options") slot.renewSoon = false;
+        } catch (error) {
+          const failure = this.#failure(slot, error, "generate");
+          if (!renew || PERMANENT_CODES.has(failure.code) || this.#signal.aborted) failures.push(failure);
+          else if (slot.lease) this.#schedule(slot, Date.now() + retryDelayMs(1, this.#random), "replace", reason);
+          else this.#schedule(slot, Date.now() + retryDelayMs(1, this.#random), "replace", "retry");
+        }
+      }),
+    );
+    return { claimed, failures };
+  }
+
+  /** Retires the recorded leases to revoke and keeps the others; see `settleRecords`. */
+  #settleRecords(records: LeaseRecord[], claimed: Set<string>): void {
+    const lines = this.#slots.map((slot) => ({ engine: slot.target.mapping.engine, role: slot.target.mapping.role, file: slot.target.file }));
+    const current = new Set(this.#slots.map((slot) => slot.lease));
+    const { retire, keep } = settleRecords(records.filter((record) => !current.has(record)), claimed, lines);
+
+    for (const { record, at } of retire) this.#revoker.retire(record, at);
+    this.#kept.push(...keep);
+  }
+
+  /**
+   * Generates a lease for `slot` and records it as pending; its file is not written yet. The
+   * request is bounded by its own timeout, not by the run signal: a lease that arrives while
+   * stopping is retired (and revoked at once when stop() has ended).
+   *
+   * @param strict throw when the state file cannot be written (init), after retiring the lease.
+   */
+  async #obtain(slot: Slot, strict: boolean): Promise<GeneratedLease> {
+    const retireNow = (record: LeaseRecord) => this.#revoker.retire(record, Date.now());
+    const request = generateForLine(slot.target, this.#options.owner, { client: this.#client, signal: AbortSignal.timeout(GENERATE_TIMEOUT_MS) }, retireNow);
+
+    const generation = this.#track(
+      request.then(async (generated) => {
+        if (this.#stopping || this.#signal.aborted) {
+          log.info("Lease arrived while stopping: revoking it", { leaseId: generated.record.leaseId, file: slot.target.file });
+          retireNow(generated.record);
+          if (this.#stopped) await this.#revoker.revokeAll(LATE_REVOKE_MS);
+          await this.#persist();
+          throw new AgentError("timeout", "Leases are stopping");
+        }
+
+        // Recorded before the file is written, so that a crash in between leaks no lease.
+        slot.pending = generated.record;
+        try {
+          await this.#persist(strict);
+        } catch (error) {
+          slot.pending = undefined;
+          retireNow(generated.record);
+          throw error;
+        }
+        return generated;
+      }),
+    );
+    return abortable(generation, this.#signal);
+  }
+
+  /**
+   * Writes the file of a generated lease and makes it the line's lease. The replaced lease, if
+   * any, is retired and revoked after the grace period. On a failed write the old lease stays current.
+   */
+  async #install(slot: Slot, generated: GeneratedLease, reason: GenerateReason): Promise<void> {
+    const { mapping, file } = slot.target;
+    const { record, bytes } = generated;
 
     try {
       await writeFileAtomic(file, bytes, { mode: slot.target.mode, layout: this.#options.output.layout });
@@ -216,6 +362,7 @@ export class LeaseManager {
       await this.#persist();
       throw error;
     }
+    this.#written.set(record.leaseId, { file, sha: record.fileSha256 });
 
     const previous = slot.lease;
     slot.lease = record;
@@ -233,7 +380,12 @@ export class LeaseManager {
       ...(previous ? { previousLeaseId: previous.leaseId } : {}),
       ttlSeconds: record.durationMs / 1000,
     });
-    return record;
+  }
+
+  /** Generates, records and writes a new lease for `slot`. */
+  async #generate(slot: Slot, reason: GenerateReason): Promise<void> {
+    const generated = await this.#obtain(slot, false);
+    await this.#install(slot, generated, reason);
   }
 
   async #renew(slot: Slot): Promise<void> {
@@ -277,11 +429,7 @@ export class LeaseManager {
     this.#planNext(slot);
     this.#revoker.startTimers();
 
-    try {
-      await this.#options.onCredentialsChanged?.([slot.target.file]);
-    } catch (error) {
-      log.warn("Cannot request a reload after new credentials", { file: slot.target.file, ...errorFields(error) });
-    }
+    this.#changes.add(slot.target.file);
   }
 
   /** Schedules the next renewal, or the replacement when no renewal can extend the lease. */
@@ -332,13 +480,31 @@ export class LeaseManager {
     return [...current, ...this.#revoker.retired()];
   }
 
-  async #persist(): Promise<void> {
+  /**
+   * Writes the state file, when this manager holds it.
+   *
+   * @param strict rethrow a failure as AgentError `lease` (init, whose leases nobody else could find).
+   */
+  async #persist(strict = false): Promise<void> {
+    if (!this.#holding) return;
+    const now = Date.now();
+    this.#kept = this.#kept.filter((record) => record.expiresAt > now);
+
     try {
-      await this.store.save(this.#records());
+      await this.store.save([...this.#records(), ...this.#kept]);
     } catch (error) {
       this.metrics.failures.inc({ operation: "write" });
       log.error("Cannot write the lease state file: a restart cannot adopt these leases", { file: this.store.path, ...errorFields(error) });
+      if (strict) {
+        throw new AgentError("lease", `Cannot record the leases in "${this.store.path}": ${(error as Error).message}; make it a regular file in a writable output directory`, { cause: error });
+      }
     }
+  }
+
+  #release(): void {
+    if (!this.#holding) return;
+    this.#holding = false;
+    this.store.unlock();
   }
 
   #track<T>(promise: Promise<T>): Promise<T> {
@@ -368,6 +534,10 @@ interface Slot {
   lease?: LeaseRecord;
   /** A generated lease whose file is being written. */
   pending?: LeaseRecord;
+  /** At start: a generated and recorded lease whose file is written once every line has one. */
+  generated?: GeneratedLease;
+  /** The adopted lease's ttl changed: renew at once with the new increment. */
+  renewSoon?: boolean;
   action: "renew" | "replace";
   reason?: GenerateReason;
   dueAt?: number;
@@ -378,4 +548,23 @@ interface Slot {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Resolves as `promise`, or rejects with the signal's reason when `signal` aborts first; `promise` runs on. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
 }

@@ -189,7 +189,8 @@ export class Sidecar {
     const { config } = this.#options;
     // A fresh pod has no files and must not wait. A restarted sidecar, or one after an init
     // container, spreads its first read so that many replicas do not read in the same second.
-    if (config.startJitterMs <= 0 || this.#files.missingFiles().length > 0) return true;
+    // Only the watched files count: the lease state file and DYNAMIC files were just written at start.
+    if (config.startJitterMs <= 0 || this.#files.files.length === 0 || this.#files.missingFiles().length > 0) return true;
 
     const delayMs = Math.floor((this.#options.random ?? Math.random)() * config.startJitterMs);
     log.info("Files exist already: waiting before the first read to spread start-up", { delayMs, startJitterMs: config.startJitterMs });

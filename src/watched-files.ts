@@ -61,6 +61,8 @@ export class WatchedFiles {
   readonly #state = new Map<string, PathState>();
   /** Files known to exist because a refresh wrote or confirmed them. */
   readonly #confirmed = new Set<string>();
+  /** Time of the last apply, the settle time when no path is watched (a DYNAMIC-only sidecar). */
+  #appliedAt: number | undefined;
 
   /** @throws AgentError `config` when a target is outside the output directories. */
   constructor(config: SidecarConfig, metrics: SidecarMetrics) {
@@ -82,6 +84,7 @@ export class WatchedFiles {
    */
   async apply(paths: string[], read: ReadResult, options: { verifyDisk: boolean }): Promise<ApplyResult> {
     const result: ApplyResult = { changedPaths: [], changedFiles: [], unavailable: [], pending: [], newlyUnavailable: [], recovered: [], versions: {} };
+    this.#appliedAt = Date.now();
 
     for (const path of paths) {
       const secret = read.secrets.get(path);
@@ -107,8 +110,12 @@ export class WatchedFiles {
     return this.#issues((state) => state.pending);
   }
 
-  /** Oldest time at which a path was last settled, or undefined while any path never was. */
+  /**
+   * Oldest time at which a path was last settled, or undefined while any path never was. With no
+   * watched path, the time of the last refresh: nothing to read means settled.
+   */
   oldestSettledAt(): number | undefined {
+    if (this.#state.size === 0) return this.#appliedAt;
     let oldest = Infinity;
     for (const state of this.#state.values()) {
       if (state.settledAt === undefined) return undefined;

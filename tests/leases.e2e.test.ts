@@ -4,7 +4,7 @@
  * that receive real signals. Skipped, with the reason printed, when PostgreSQL is not installed.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dynamicStore } from "../src/dev/dynamic.ts";
@@ -13,7 +13,7 @@ import { configureLogging } from "../src/log.ts";
 import { LEASE_STATE_FILE } from "../src/lease-store.ts";
 import { runCli } from "./helpers/cli.ts";
 import { generatedRoles, postgresUnavailable, readAsUser, startPostgres, type PostgresCluster } from "./helpers/postgres.ts";
-import { metricValue, scrape, startApp, startSidecar, waitFor, type AppProcess, type SidecarProcess } from "./helpers/sidecar.ts";
+import { metricValue, readyz, scrape, startApp, startSidecar, waitFor, type AppProcess, type SidecarProcess } from "./helpers/sidecar.ts";
 
 const GENERATE_ROUTE = "POST /v1/dynamic/engines/{engine}/creds/{role}";
 const GRANT = 'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}"';
@@ -183,6 +183,7 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     expect(await generatedRoles(cluster.sql)).not.toContain(first.username);
     await expect(readAsUser(cluster, first.username, first.password)).rejects.toThrow();
 
+    await waitFor("the reload signal", () => application.signals().length > 0, 10_000);
     const signals = application.signals();
     expect(signals).toHaveLength(1);
     expect(String(signals[0]!.files[file])).toContain(second.username);
@@ -278,5 +279,116 @@ describe.skipIf(unavailable !== undefined)("dynamic leases end to end", () => {
     const text = outputs.join("\n");
     expect(text).toContain("Generated lease: credential written");
     for (const value of sensitive) expect(text).not.toContain(value);
+  });
+});
+
+/** Sidecar and init processes with the dev server's `static` plugin: no PostgreSQL needed. */
+describe("dynamic leases as processes", () => {
+  let server: DevServer;
+  let scratch: string;
+  let caseNumber = 0;
+  const outputs: string[] = [];
+  const running: SidecarProcess[] = [];
+
+  beforeAll(async () => {
+    configureLogging({ level: "warn" });
+    server = await startDevServer({
+      port: 0,
+      rateLimits: false,
+      config: { engines: { db: { plugin: "static", max_ttl: "1h", data: { host: "db.example", port: 5432 }, roles: { writer: { default_ttl: "1h" } } } } },
+    });
+    scratch = mkdtempSync(join(tmpdir(), "leases-proc-"));
+  });
+
+  afterEach(async () => {
+    for (const process of running.splice(0)) outputs.push((await process.stop(), process.stderr()));
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    rmSync(scratch, { recursive: true, force: true });
+  });
+
+  function env(dir: string, extra: Record<string, string> = {}): Record<string, string> {
+    return { SCAIVAULT_URL: server.url, SCAIVAULT_TOKEN: server.rootToken, OUTPUT_DIRS: dir, DYNAMIC: "engine=db role=writer -> db.json", EVENTS: "false", ...extra };
+  }
+
+  function caseDir(): string {
+    const dir = join(scratch, `case-${++caseNumber}`);
+    mkdirSync(dir, { recursive: true });
+    return dir;
+  }
+
+  async function sidecar(dir: string, extra: Record<string, string> = {}): Promise<SidecarProcess> {
+    const started = await startSidecar(env(dir, extra));
+    running.push(started);
+    return started;
+  }
+
+  test("DYNAMIC-only sidecar becomes ready", async () => {
+    const dir = caseDir();
+    const process = await sidecar(dir, { START_JITTER: "30s" });
+    const ready = await waitFor("/readyz 200", async () => {
+      const result = await readyz(process);
+      return result.status === 200 ? result : undefined;
+    });
+    expect(ready.body).toMatchObject({ leasesReady: true });
+    expect(process.lines.some((line) => String(line.msg).startsWith("Files exist already"))).toBe(false);
+  }, 60_000);
+
+  test("second sidecar on directory fails", async () => {
+    const dir = caseDir();
+    const first = await sidecar(dir);
+    await first.waitForLog("the leases", (line) => line.msg === "Leases ready");
+    const leaseId = JSON.parse(readFileSync(join(dir, LEASE_STATE_FILE), "utf8")).leases[0].leaseId;
+
+    const second = await sidecar(dir);
+    const exit = await second.exited;
+    expect(exit.code).toBe(9);
+    expect(second.stderr()).toContain(`pid ${first.child.pid}`);
+    expect(second.stderr()).toContain(LEASE_STATE_FILE);
+    expect(dynamicStore(server.state).list().map((lease) => lease.leaseId)).toContain(leaseId);
+    expect(JSON.parse(readFileSync(join(dir, LEASE_STATE_FILE), "utf8")).leases[0].leaseId).toBe(leaseId);
+  }, 60_000);
+
+  test("SIGTERM during generate revokes lease", async () => {
+    const dir = caseDir();
+    const before = dynamicStore(server.state).list().length;
+    server.state.faults.add({ method: "POST", pathPrefix: "/v1/dynamic/engines/db/creds", count: 1, delayMs: 1500 });
+    const process = await sidecar(dir);
+    await process.waitForLog("the leases starting", (line) => line.msg === "Starting leases");
+    await Bun.sleep(300);
+
+    running.splice(running.indexOf(process), 1);
+    const exit = await process.stop();
+    outputs.push(process.stderr());
+    server.state.faults.clear();
+    expect(exit.signal).toBeNull();
+    expect(dynamicStore(server.state).list().length).toBe(before);
+  }, 60_000);
+
+  test("init fails without state file", async () => {
+    const dir = caseDir();
+    mkdirSync(join(dir, LEASE_STATE_FILE));
+    const before = dynamicStore(server.state).list().length;
+
+    const result = await runCli(["init"], env(dir));
+    outputs.push(result.stderr);
+    expect(result.code).toBe(9);
+    expect(existsSync(join(dir, "db.json"))).toBe(false);
+    expect(dynamicStore(server.state).list().length).toBe(before);
+  }, 60_000);
+
+  test("state file rejected as target", async () => {
+    const dir = caseDir();
+    const result = await runCli(["init"], env(dir, { DYNAMIC: `engine=db role=writer -> ${LEASE_STATE_FILE}` }));
+    outputs.push(result.stderr);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain("lease state file");
+  }, 60_000);
+
+  test("process output has no token", () => {
+    expect(outputs.length).toBeGreaterThan(0);
+    for (const output of outputs) expect(output).not.toContain(server.rootToken);
   });
 });

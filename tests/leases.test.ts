@@ -4,7 +4,7 @@
  * lifetimes and expiries happen within a test.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { staticTokenSource } from "../src/auth.ts";
@@ -78,10 +78,16 @@ function manager(lines: string, output: OutputConfig, extra: Partial<LeaseManage
     output,
     owner: "sidecar",
     revokeGraceMs: 200,
+    changeWindowMs: 100,
     ...extra,
   });
   managers.push(created);
   return created;
+}
+
+/** A crashed process holds no lock: lets a second manager in this process take the state file. */
+function crash(leases: LeaseManager): void {
+  leases.store.unlock();
 }
 
 function activeLeases(): string[] {
@@ -255,6 +261,7 @@ describe("LeaseManager", () => {
     const { dir, output } = outputDir();
     const first = manager("engine=db role=writer -> a.json", output);
     await first.start();
+    crash(first);
     const leaseId = first.leases()[0]!.leaseId;
     const content = readFileSync(join(dir, "a.json"), "utf8");
 
@@ -271,6 +278,7 @@ describe("LeaseManager", () => {
     const { dir, output } = outputDir();
     const first = manager("engine=db role=writer -> a.json", output);
     await first.start();
+    crash(first);
     const leaseId = first.leases()[0]!.leaseId;
     writeFileSync(join(dir, "a.json"), "{}\n");
 
@@ -287,6 +295,7 @@ describe("LeaseManager", () => {
     const { dir, output } = outputDir();
     const first = manager("engine=db role=writer -> a.json", output);
     await first.start();
+    crash(first);
     const written = first.leases()[0]!;
 
     // A crash after recording a second lease but before writing its file leaves two active records.
@@ -306,17 +315,35 @@ describe("LeaseManager", () => {
     expect(activeLeases()).toContain(written.leaseId);
   });
 
-  test("restart revokes recorded leases of removed lines", async () => {
-    const { output } = outputDir();
-    const first = manager("engine=db role=writer -> a.json\nengine=db role=reader -> b.json", output);
+  test("restart leaves unconfigured leases", async () => {
+    const { dir, output } = outputDir();
+    const first = manager("engine=db role=writer -> a.json\nengine=db role=writer -> b.json", output);
     await first.start();
-    const readerLease = first.leases().find((lease) => lease.role === "reader")!.leaseId;
+    crash(first);
+    const other = first.leases().find((lease) => lease.file === join(dir, "b.json"))!.leaseId;
+
+    // An entry written into the file by hand, for no configured line, is not revoked either.
+    const root = { id: "root", type: "root" as const, tokenExpiresAt: null };
+    const planted = await dynamicStore(server.state).generate("db", "writer", undefined, root);
+    const stateFile = join(dir, LEASE_STATE_FILE);
+    const state = JSON.parse(readFileSync(stateFile, "utf8"));
+    state.leases.push({ ...state.leases[1], leaseId: planted.lease_id, file: join(dir, "elsewhere.json") });
+    writeFileSync(stateFile, JSON.stringify(state));
 
     const second = manager("engine=db role=writer -> a.json", output);
     await second.start();
     await Bun.sleep(300);
-    expect(activeLeases()).not.toContain(readerLease);
-    expect(second.leases().map((lease) => lease.leaseId)).not.toContain(readerLease);
+    expect(activeLeases()).toContain(other);
+    expect(activeLeases()).toContain(planted.lease_id);
+    expect(second.leases().map((lease) => lease.leaseId)).not.toContain(other);
+    expect(logs.filter((line) => line.includes("matches no DYNAMIC line")).join("\n")).toContain(other);
+    const kept = JSON.parse(readFileSync(stateFile, "utf8")).leases.map((lease: { leaseId: string }) => lease.leaseId);
+    expect(kept).toContain(planted.lease_id);
+
+    await second.stop();
+    expect(activeLeases()).toContain(planted.lease_id);
+    await dynamicStore(server.state).revoke(planted.lease_id, root);
+    await dynamicStore(server.state).revoke(other, root);
   });
 
   test("sidecar adopts the init lease", async () => {
@@ -329,6 +356,181 @@ describe("LeaseManager", () => {
     const sidecar = manager("engine=db role=writer -> a.json", output);
     expect(await sidecar.start()).toEqual([]);
     expect(sidecar.leases()[0]).toMatchObject({ leaseId, generatedBy: "init" });
+  });
+
+  test("second state file holder fails", async () => {
+    const { dir, output } = outputDir();
+    const first = manager("engine=db role=writer -> a.json", output);
+    await first.start();
+    const leaseId = first.leases()[0]!.leaseId;
+
+    const second = manager("engine=db role=writer -> a.json", output);
+    const error = await second.start().then(() => undefined, (caught) => caught);
+    expect(error).toBeInstanceOf(AgentError);
+    expect((error as AgentError).code).toBe("lease");
+    expect((error as AgentError).message).toContain(join(dir, LEASE_STATE_FILE));
+    expect((error as AgentError).message).toContain(`pid ${process.pid}`);
+
+    await second.stop();
+    expect(activeLeases()).toContain(leaseId);
+    expect(JSON.parse(readFileSync(join(dir, LEASE_STATE_FILE), "utf8")).leases.map((lease: { leaseId: string }) => lease.leaseId)).toEqual([leaseId]);
+  });
+
+  test("stale lock is taken over", async () => {
+    const { dir, output } = outputDir();
+    mkdirSync(dir, { recursive: true });
+    // Our own pid, but another start time: the process that wrote it has ended.
+    writeFileSync(join(dir, `${LEASE_STATE_FILE}.lock`), JSON.stringify({ holder: "x", pid: process.pid, startTime: "1", owner: "sidecar" }));
+    const leases = manager("engine=db role=writer -> a.json", output);
+    expect(await leases.start()).toEqual([join(dir, "a.json")]);
+    await leases.stop();
+    expect(existsSync(join(dir, `${LEASE_STATE_FILE}.lock`))).toBe(false);
+  });
+
+  test("stop revokes in-flight generate", async () => {
+    const { dir, output } = outputDir();
+    const before = activeLeases().length;
+    server.state.faults.add({ method: "POST", pathPrefix: "/v1/dynamic/engines/db/creds", count: 1, delayMs: 800 });
+    const leases = manager("engine=db role=writer -> a.json", output);
+    const run = new AbortController();
+
+    const started = leases.start(run.signal).then(() => undefined, (caught) => caught);
+    await Bun.sleep(200);
+    run.abort(new Error("SIGTERM"));
+    const summary = await leases.stop(5000);
+    expect(await started).toBeDefined();
+    expect(summary.revoked).toHaveLength(1);
+    expect(activeLeases().length).toBe(before);
+    expect(existsSync(join(dir, "a.json"))).toBe(false);
+  });
+
+  test("late lease after stop revoked", async () => {
+    const { output } = outputDir();
+    const before = activeLeases().length;
+    server.state.faults.add({ method: "POST", pathPrefix: "/v1/dynamic/engines/db/creds", count: 1, delayMs: 1500 });
+    const leases = manager("engine=db role=writer -> a.json", output);
+    const run = new AbortController();
+
+    const started = leases.start(run.signal).then(() => undefined, (caught) => caught);
+    await Bun.sleep(200);
+    run.abort(new Error("SIGTERM"));
+    await leases.stop(600);
+    expect(await started).toBeDefined();
+
+    const deadline = Date.now() + 5000;
+    while (activeLeases().length > before && Date.now() < deadline) await Bun.sleep(50);
+    expect(activeLeases().length).toBe(before);
+  });
+
+  test("adoption with other options regenerates", async () => {
+    const { dir, output } = outputDir();
+    const init = manager("engine=db role=writer ttl=1h -> db.json", output, { owner: "init", renew: false });
+    await init.start();
+    const initLease = init.leases()[0]!.leaseId;
+    managers.splice(managers.indexOf(init), 1);
+
+    const sidecar = manager("engine=db role=writer ttl=6s -> db.json format=env mode=0400", output);
+    expect(await sidecar.start()).toEqual([join(dir, "db.json")]);
+    const current = sidecar.leases()[0]!;
+    expect(current.leaseId).not.toBe(initLease);
+    expect(current.incrementMs).toBe(6000);
+    expect(statSync(join(dir, "db.json")).mode & 0o777).toBe(0o400);
+    expect(readFileSync(join(dir, "db.json"), "utf8")).toMatch(/^[A-Za-z_]+=/m);
+    const warning = logs.find((line) => line.includes("other line options") && line.includes(initLease))!;
+    expect(warning).toContain("format json -> env");
+    expect(warning).toContain("mode 0640 -> 0400");
+
+    await Bun.sleep(400);
+    expect(activeLeases()).not.toContain(initLease);
+  });
+
+  test("adoption renews with line ttl", async () => {
+    const { output } = outputDir();
+    const init = manager("engine=db role=writer ttl=30m -> db.json", output, { owner: "init", renew: false });
+    await init.start();
+    const initLease = init.leases()[0]!.leaseId;
+    managers.splice(managers.indexOf(init), 1);
+
+    const sidecar = manager("engine=db role=writer ttl=6s -> db.json", output);
+    expect(await sidecar.start()).toEqual([]);
+    const deadline = Date.now() + 3000;
+    while (sidecar.metrics.renewals.get() === 0 && Date.now() < deadline) await Bun.sleep(50);
+    const lease = sidecar.leases()[0]!;
+    expect(lease.leaseId).toBe(initLease);
+    expect(lease.durationMs).toBeLessThanOrEqual(6000);
+    expect(lease.incrementMs).toBe(6000);
+  });
+
+  test("restart keeps recorded revoke time", async () => {
+    const { dir, output } = outputDir();
+    const first = manager("engine=db role=writer -> a.json", output);
+    await first.start();
+    crash(first);
+
+    const root = { id: "root", type: "root" as const, tokenExpiresAt: null };
+    const replaced = await dynamicStore(server.state).generate("db", "writer", undefined, root);
+    const stateFile = join(dir, LEASE_STATE_FILE);
+    const state = JSON.parse(readFileSync(stateFile, "utf8"));
+    const revokeAt = new Date(Date.now() + 1500).toISOString();
+    state.leases.push({ ...state.leases[0], leaseId: replaced.lease_id, state: "retiring", revokeAt });
+    writeFileSync(stateFile, JSON.stringify(state));
+
+    const second = manager("engine=db role=writer -> a.json", output);
+    await second.start();
+    await Bun.sleep(500);
+    expect(activeLeases()).toContain(replaced.lease_id);
+    const deadline = Date.now() + 5000;
+    while (activeLeases().includes(replaced.lease_id) && Date.now() < deadline) await Bun.sleep(50);
+    expect(activeLeases()).not.toContain(replaced.lease_id);
+  });
+
+  test("lookup 403 leaves lease alone", async () => {
+    const { dir, output } = outputDir();
+    const first = manager("engine=db role=writer -> a.json", output);
+    await first.start();
+    crash(first);
+    const leaseId = first.leases()[0]!.leaseId;
+
+    server.state.faults.add({ method: "GET", pathPrefix: "/v1/dynamic/leases/", status: 403, code: "forbidden", count: 1, delayMs: 0 });
+    const second = manager("engine=db role=writer -> a.json", output);
+    expect(await second.start()).toEqual([join(dir, "a.json")]);
+    expect(second.leases()[0]!.leaseId).not.toBe(leaseId);
+    await second.stop();
+    expect(activeLeases()).toContain(leaseId);
+  });
+
+  test("simultaneous replacements reload once", async () => {
+    const { dir, output } = outputDir();
+    const changes: string[][] = [];
+    const leases = manager("engine=db role=capped -> a.json\nengine=db role=capped -> b.json", output, {
+      onCredentialsChanged: (files) => void changes.push(files),
+      changeWindowMs: 1000,
+      revokeGraceMs: 4000,
+      random: () => 0.5,
+    });
+    await leases.start();
+
+    const deadline = Date.now() + 15_000;
+    while (leases.metrics.replacements.get({ reason: "max_ttl" }) < 2 && Date.now() < deadline) await Bun.sleep(50);
+    expect(leases.metrics.replacements.get({ reason: "max_ttl" })).toBe(2);
+    await Bun.sleep(1300);
+    expect(changes).toHaveLength(1);
+    expect([...changes[0]!].sort()).toEqual([join(dir, "a.json"), join(dir, "b.json")]);
+  }, 30_000);
+
+  test("init fails on unwritable state file", async () => {
+    const { dir, output } = outputDir();
+    mkdirSync(join(dir, LEASE_STATE_FILE), { recursive: true });
+    const before = activeLeases().length;
+    const init = manager("engine=db role=writer -> a.json", output, { owner: "init", renew: false });
+
+    const error = await init.start().then(() => undefined, (caught) => caught);
+    expect(error).toBeInstanceOf(AgentError);
+    expect((error as AgentError).code).toBe("lease");
+    expect((error as AgentError).message).toContain(LEASE_STATE_FILE);
+    await init.stop();
+    expect(existsSync(join(dir, "a.json"))).toBe(false);
+    expect(activeLeases().length).toBe(before);
   });
 
   test("unknown role fails start with the line", async () => {
