@@ -1,6 +1,6 @@
 /**
- * How the client turns failures into AgentErrors: ScaiVault's error codes to the agent's codes,
- * network failures to retryable errors, and a response body read with a size limit.
+ * Failure handling of the ScaiVault client: the mapping of ScaiVault's error codes to the agent's
+ * codes, network failures as retryable errors, and a response body read with a size limit.
  */
 import { AgentError, type ErrorCode } from "./errors.ts";
 import { parseRetryAfter } from "./retry.ts";
