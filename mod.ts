@@ -1,6 +1,8 @@
 /**
  * scaivault-agent: the CLI entry for `bun run mod.ts`, `deno run -A mod.ts` and the compiled
- * binary, and the library surface for embedding.
+ * binary, and the library surface for embedding. The long-running commands (sidecar, leases, CSI
+ * provider, sync) are not re-exported here: a static re-export would load their code, gRPC included,
+ * at every start of `init`. Import them from `src/` directly.
  */
 export { AgentError, EXIT_CODES, type ErrorCode } from "./src/errors.ts";
 export { ScaiVaultClient, type ClientOptions, type TokenSource } from "./src/client.ts";
