@@ -12,6 +12,9 @@ import type { OutputLayout } from "./files.ts";
 import type { LogFormat, LogLevelName } from "./log.ts";
 
 export type Env = Record<string, string | undefined>;
+
+/** Shortest `REFRESH_INTERVAL` the sidecar accepts. */
+export const MIN_REFRESH_INTERVAL_MS = 100;
 export type Args = Record<string, unknown>;
 
 export interface ConnectionConfig {
@@ -155,7 +158,14 @@ export function loadSidecarConfig(args: Args, env: Env): SidecarConfig {
   const dynamic = attempt(() => parseDynamicMappings(raw.dynamic ?? "", { variable: "DYNAMIC" })) ?? [];
   const leaseRevokeGraceMs = attempt(() => parseDuration(raw.leaseRevokeGrace!, "LEASE_REVOKE_GRACE"));
   const watch = attempt(() => parseSecretMappings(raw.watchPaths ?? "", { variable: "WATCH_PATHS" })) ?? [];
-  const refreshIntervalMs = attempt(() => positiveDuration(raw.refreshInterval!, "REFRESH_INTERVAL"));
+  const refreshIntervalMs = attempt(() => {
+    const ms = positiveDuration(raw.refreshInterval!, "REFRESH_INTERVAL");
+    // Below this the loop would spend the read budget in seconds; tests use 500ms.
+    if (ms < MIN_REFRESH_INTERVAL_MS) {
+      throw new AgentError("config", `Invalid REFRESH_INTERVAL: "${raw.refreshInterval}" is shorter than ${MIN_REFRESH_INTERVAL_MS}ms; use 30s or more in production`);
+    }
+    return ms;
+  });
   const refreshJitter = attempt(() => parseFraction(raw.refreshJitter!, "REFRESH_JITTER", 0.5));
   const reloadSignal = attempt(() => parseSignalName(raw.reloadSignal!, "RELOAD_SIGNAL"));
   const reloadTargetWaitMs = attempt(() => parseDuration(raw.reloadTargetWait!, "RELOAD_TARGET_WAIT"));

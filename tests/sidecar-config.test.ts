@@ -79,3 +79,9 @@ test.each([
 ])("parseFraction reads %p", (input, expected) => {
   expect(parseFraction(input, "REFRESH_JITTER", 0.5)).toBeCloseTo(expected);
 });
+
+test("loadSidecarConfig rejects a refresh interval under 100ms", () => {
+  const load = () => loadSidecarConfig({}, { ...base, WATCH_PATHS: "a/b -> x.json", REFRESH_INTERVAL: "1ms" });
+  expect(load).toThrow(AgentError);
+  expect(load).toThrow('Invalid REFRESH_INTERVAL: "1ms" is shorter than 100ms');
+});
