@@ -76,16 +76,7 @@ export function loadOutput(args: Args, env: Env): OutputConfig {
  * @throws AgentError `config` listing every invalid setting and line.
  */
 export function loadInitConfig(args: Args, env: Env): InitConfig {
-  const problems: string[] = [];
-  const attempt = <T>(load: () => T): T | undefined => {
-    try {
-      return load();
-    } catch (error) {
-      if (!(error instanceof AgentError) || error.code !== "config") throw error;
-      problems.push(error.message);
-      return undefined;
-    }
-  };
+  const { problems, attempt } = collectProblems();
 
   const connection = attempt(() => loadConnection(args, env));
   const output = attempt(() => loadOutput(args, env));
@@ -141,16 +132,7 @@ export interface SidecarConfig {
  * @throws AgentError `config` listing every invalid setting and line.
  */
 export function loadSidecarConfig(args: Args, env: Env): SidecarConfig {
-  const problems: string[] = [];
-  const attempt = <T>(load: () => T): T | undefined => {
-    try {
-      return load();
-    } catch (error) {
-      if (!(error instanceof AgentError) || error.code !== "config") throw error;
-      problems.push(error.message);
-      return undefined;
-    }
-  };
+  const { problems, attempt } = collectProblems();
 
   const connection = attempt(() => loadConnection(args, env));
   const output = attempt(() => loadOutput(args, env));
@@ -237,6 +219,26 @@ export function parseListenAddress(value: string, name: string): { hostname: str
     throw new AgentError("config", `Invalid ${name}: "${value}". Write host:port such as [::]:8099, 0.0.0.0:8099 or 127.0.0.1:0, or off`);
   }
   return { hostname: match[1] ?? (match[2] || "0.0.0.0"), port };
+}
+
+/**
+ * Returns a list of problems and `attempt`, which runs a loader and records its `config` error
+ * instead of throwing, so that one error can report every invalid setting. Other errors propagate.
+ */
+export function collectProblems(): { problems: string[]; attempt: <T>(load: () => T) => T | undefined } {
+  const problems: string[] = [];
+
+  function attempt<T>(load: () => T): T | undefined {
+    try {
+      return load();
+    } catch (error) {
+      if (!(error instanceof AgentError) || error.code !== "config") throw error;
+      problems.push(error.message);
+      return undefined;
+    }
+  }
+
+  return { problems, attempt };
 }
 
 /** Parses `true`/`false` (also 1/0, yes/no). */

@@ -12,7 +12,7 @@ import type { ScaiVaultClient } from "./client.ts";
 import { parsePoll, subscriptionRequest, type SubscriptionEvent } from "./contract.ts";
 import { AgentError } from "./errors.ts";
 import { errorFields, getLogger } from "./log.ts";
-import { backoffDelay, sleep } from "./retry.ts";
+import { backoffDelay, raceAbort, sleep } from "./retry.ts";
 import type { SubscriptionState } from "./sidecar-metrics.ts";
 
 const log = getLogger("events");
@@ -307,23 +307,3 @@ export function subscriptionGlobs(paths: string[], max = MAX_SUBSCRIPTION_PATHS)
   return ["**"];
 }
 
-/** Resolves or rejects with `promise`, or rejects as soon as `signal` aborts. */
-function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(signal.reason);
-
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(value);
-      },
-      (error) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(error);
-      },
-    );
-  });
-}

@@ -11,6 +11,7 @@ import { renewOnce } from "./lease-renew.ts";
 import type { LeaseRecord } from "./lease-store.ts";
 import { atMaxLifetime, nextActionAt, retryDelayMs } from "./lease-timing.ts";
 import { errorFields, getLogger } from "./log.ts";
+import { raceAbort } from "./retry.ts";
 
 const log = getLogger("leases");
 
@@ -58,7 +59,7 @@ export abstract class LeaseScheduler extends LeaseHolder {
         return generated;
       }),
     );
-    return abortable(generation, this.signal);
+    return raceAbort(generation, this.signal);
   }
 
   /**
@@ -175,21 +176,3 @@ export abstract class LeaseScheduler extends LeaseHolder {
   }
 }
 
-/** Resolves as `promise`, or rejects with the signal's reason when `signal` aborts first; `promise` runs on. */
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(value);
-      },
-      (error) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(error);
-      },
-    );
-  });
-}

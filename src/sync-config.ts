@@ -5,7 +5,7 @@
  */
 import { readFileSync } from "node:fs";
 import { AgentError } from "./errors.ts";
-import { loadConnection, parseBoolean, positiveDuration, type Args, type ConnectionConfig, type Env } from "./config.ts";
+import { loadConnection, parseBoolean, positiveDuration, type Args, type ConnectionConfig, type Env, collectProblems } from "./config.ts";
 import { ALL_FIELDS, parseSecretMappings, type SecretMapping } from "./mapping.ts";
 import { SETTINGS, readSettings } from "./options.ts";
 import { parseRestartTargets, type RestartTarget } from "./sync-restart.ts";
@@ -45,16 +45,7 @@ export interface SyncConfig {
  * @throws AgentError `config` listing every invalid setting and line.
  */
 export function loadSyncConfig(args: Args, env: Env): SyncConfig {
-  const problems: string[] = [];
-  const attempt = <T>(load: () => T): T | undefined => {
-    try {
-      return load();
-    } catch (error) {
-      if (!(error instanceof AgentError) || error.code !== "config") throw error;
-      problems.push(error.message);
-      return undefined;
-    }
-  };
+  const { problems, attempt } = collectProblems();
 
   const raw = readSettings(SETTINGS.sync, args, env);
   const connection = attempt(() => loadConnection(args, env));

@@ -4,7 +4,7 @@
  * timeouts, retries and logging apply.
  */
 import { AgentError } from "../errors.ts";
-import { parseMode, parseListenAddress, positiveDuration, type Args, type Env } from "../config.ts";
+import { parseMode, parseListenAddress, positiveDuration, type Args, type Env, collectProblems } from "../config.ts";
 import { SETTINGS, readSettings, type Setting } from "../options.ts";
 import { parseAllowedUrls, type UrlRule } from "./allowed-urls.ts";
 
@@ -43,16 +43,7 @@ export interface CsiConfig {
  * @throws AgentError `config` listing every invalid setting.
  */
 export function loadCsiConfig(args: Args, env: Env): CsiConfig {
-  const problems: string[] = [];
-  const attempt = <T>(load: () => T): T | undefined => {
-    try {
-      return load();
-    } catch (error) {
-      if (!(error instanceof AgentError) || error.code !== "config") throw error;
-      problems.push(error.message);
-      return undefined;
-    }
-  };
+  const { problems, attempt } = collectProblems();
 
   const raw = readSettings(SETTINGS.csi, args, env);
   const connection = readSettings(CSI_CONNECTION_SETTINGS, args, env);
