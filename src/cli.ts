@@ -25,8 +25,8 @@ export const main = defineCommand({
 
 /**
  * Runs the CLI with `argv` (without the runtime and script). Help and `--version` go through
- * citty's `runMain`; a usage error (unknown command, missing argument) exits 2, the exit code of
- * invalid configuration, not citty's 1, which the agent keeps for internal errors.
+ * citty's `runMain`. A usage error (unknown command, missing argument) exits 2, the exit code of
+ * invalid configuration, because the agent keeps citty's 1 for internal errors.
  */
 export async function runCli(argv: string[]): Promise<void> {
   if (argv.includes("--help") || argv.includes("-h") || (argv.length === 1 && argv[0] === "--version")) {

@@ -121,7 +121,7 @@ export class ScaiVaultClient {
       throw new AgentError("config", `Invalid SCAIVAULT_URL "${options.baseUrl}": use http:// or https://`);
     }
     if (url.username !== "" || url.password !== "") {
-      // Not echoed: the URL holds a credential. ScaiVault authenticates with bearer tokens only.
+      // Not echoed, because the URL contains a credential. ScaiVault authenticates with bearer tokens only.
       throw new AgentError("config", "Invalid SCAIVAULT_URL: it contains a user name or password; remove them and use a token source");
     }
     if (url.search !== "" || url.hash !== "") {
@@ -250,6 +250,7 @@ export class ScaiVaultClient {
         await this.#readSingles(chunk, result, concurrency);
       } catch (error) {
         // A failed call fails only its own paths, so that the other chunks' secrets stay usable.
+        // When every call fails, the first error is thrown below.
         if (!(error instanceof AgentError)) throw error;
         failures.push(error);
         for (const path of chunk) result.errors.set(path, error);
@@ -319,7 +320,7 @@ export class ScaiVaultClient {
   }
 
   /**
-   * Reads again the paths that a batch answered with `rate_limited` or `service_unavailable`: each
+   * Reads again the paths for which a batch returned `rate_limited` or `service_unavailable`. Each
    * returned secret costs one read unit, so a large batch can exhaust the read bucket half-way.
    * A batch carries no `Retry-After` per path, so the waits back off from one second.
    */

@@ -280,7 +280,7 @@ export async function readServiceAccountToken(file: string): Promise<string> {
 // ---------------------------------------------------------------------------------------------
 
 interface RequestOptions {
-  /** Permission that the message of a 403 tells the operator to grant. */
+  /** Permission that the message of a 403 asks the operator to grant. */
   forbiddenHint: string;
   /** Content type of the body. @default "application/json" */
   contentType?: string;

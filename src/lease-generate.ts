@@ -67,7 +67,7 @@ export async function generateForLine(
   return { record, bytes };
 }
 
-/** The options of `target`'s line that shape its file, as recorded in the state file. */
+/** Returns the options of `target`'s line that shape its file, as the state file records them. */
 export function renderOptionsOf(target: FileTarget<DynamicMapping>): RenderOptions {
   const { format, field, encoding } = target.mapping;
   return { format, ...(field === undefined ? {} : { field }), encoding, mode: target.mode };

@@ -55,7 +55,7 @@ export abstract class LeaseHolder {
   protected signal: AbortSignal = this.controller.signal;
   protected stopping: Promise<RevokeSummary> | undefined;
   protected stopped = false;
-  /** True while this manager holds the state file; only then does it write it. */
+  /** True while this manager owns the state file, the only time it writes the file. */
   protected holding = false;
   /** Recorded leases of no configured line, or not ours: kept in the state file until they expire. */
   protected kept: LeaseRecord[] = [];
@@ -123,7 +123,7 @@ export abstract class LeaseHolder {
   }
 
   /**
-   * Writes the state file, when this manager holds it.
+   * Writes the state file when this manager owns it.
    *
    * @param strict rethrow a failure as AgentError `lease` (init, whose leases nobody else could find).
    */

@@ -35,7 +35,7 @@ export interface LeaseLock {
 /**
  * Takes the lock `path` for `owner` ("init" or "sidecar").
  *
- * @throws AgentError `lease` when a live process holds it, `write` when it cannot be created.
+ * @throws AgentError `lease` when a live process owns it, `write` when it cannot be created.
  */
 export function acquireLeaseLock(path: string, owner: string): LeaseLock {
   const me: LockOwner = { holder: randomUUID(), pid: process.pid, startTime: processStartTime(process.pid), bootId: bootId(), owner };

@@ -88,7 +88,7 @@ export class LeaseStore {
   /**
    * Takes the exclusive hold on the state file for `owner`; a second call keeps the first hold.
    *
-   * @throws AgentError `lease` naming the file and the pid when another live process holds it.
+   * @throws AgentError `lease` naming the file and the pid when another live process owns it.
    */
   lock(owner: string): void {
     this.#lock ??= acquireLeaseLock(this.lockPath, owner);

@@ -43,10 +43,10 @@ export function atMaxLifetime(grant: Grant): boolean {
 
 /**
  * Reports whether a renewal granted less than requested, allowing for the server's rounding to whole
- * seconds: short means more than min(1 s, 10 %) below `askedMs`.
+ * seconds: short means more than min(1 s, 10 %) below `requestedMs`.
  */
-export function isShortGrant(grantedMs: number, askedMs: number): boolean {
-  return grantedMs < askedMs - Math.min(1000, askedMs * 0.1);
+export function isShortGrant(grantedMs: number, requestedMs: number): boolean {
+  return grantedMs < requestedMs - Math.min(1000, requestedMs * 0.1);
 }
 
 /**

@@ -7,7 +7,7 @@
  *   with other options a new lease replaces it. Otherwise generate a lease. Files are written
  *   only after every lease was generated and recorded. Recorded leases of a configured line
  *   (engine, role, file) that no line adopts are revoked, a replaced one at the end of its grace
- *   period; entries of no configured line, and leases the server will not show to this identity,
+ *   period. Entries of no configured line, and leases the server will not show to this identity,
  *   are left alone and expire at their TTL.
  * - run: renew each lease at about two thirds of its grant. When a renewal comes back short, or
  *   the lease reached its maximum lifetime, generate a new lease at two thirds of the last grant,

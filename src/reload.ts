@@ -2,7 +2,7 @@
  * Finding the application's process by name and sending it the reload signal. The application's
  * process is visible to the sidecar only when the pod shares one process namespace
  * (`shareProcessNamespace: true`), and may be signalled only when both run as the same user or the
- * sidecar holds CAP_KILL.
+ * sidecar has CAP_KILL.
  *
  * Matching rule: a process matches `RELOAD_TARGET` when its `/proc/<pid>/comm` equals the name,
  * or when the last path segment of its `argv[0]` (`/proc/<pid>/cmdline`) equals the name. The

@@ -7,7 +7,7 @@
  *
  * Each path ends a refresh in one of three states:
  * - current: its files hold the rendering of the secret just read;
- * - unavailable: ScaiVault says the secret cannot be delivered (deleted, forbidden) or its data
+ * - unavailable: ScaiVault reports that the secret cannot be delivered (deleted, forbidden) or its data
  *   cannot be rendered. The last files stay; the path is settled until the secret changes;
  * - pending: a transient failure (throttled, unreachable, disk write). The caller retries soon.
  * A path is settled when current or unavailable; the oldest settle time is the sync's age.

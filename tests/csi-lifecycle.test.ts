@@ -1,7 +1,7 @@
 /**
- * The provider's life cycle against the real dev server: Mount calls cut off by a stop, a second
- * provider on a live socket, readiness after the socket file vanished, the version key kept
- * across restarts, and connections that break the HTTP/2 frame limits of the `:authority` rewriter.
+ * The provider's life cycle against the real dev server. Covered: Mount calls cut off by a stop, a
+ * second provider on a live socket, and readiness after the socket file vanished. Also the version
+ * key kept across restarts, and connections that break the `:authority` rewriter's HTTP/2 limits.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";

@@ -1,8 +1,8 @@
 /**
  * The provider's limits and hardening, through a real @grpc/grpc-js client on its unix socket and
- * the real dev server: capped status messages, the process-wide Mount queue, the `objects` size
- * and checks, token checks before a cached token is used, content-following object versions,
- * error codes of the wrong shape, the Mount deadline, and a log scan for secrets and tokens.
+ * the real dev server. Covered: capped status messages, the process-wide Mount queue, the `objects`
+ * size and checks, and token checks before a cached token is used. Also content-following object
+ * versions, error codes of the wrong shape, the Mount deadline, and a log scan for secrets and tokens.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { MAX_STATUS_MESSAGE_BYTES } from "../src/csi/messages.ts";

@@ -59,7 +59,7 @@ async function call(
   const response = await fetch(`${server.url}${path}`, {
     method,
     headers,
-    body: options.body === undefined ? undefined : typeof options.body === "string" ? options.body : JSON.stringify(options.body),
+    body: encodeBody(options.body),
     signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
   });
   const text = await response.text();
@@ -1271,3 +1271,9 @@ describe("logs", () => {
     for (const value of values) expect(text).not.toContain(value);
   });
 });
+
+function encodeBody(body: unknown): string | undefined {
+  if (body === undefined) return undefined;
+  if (typeof body === "string") return body;
+  return JSON.stringify(body);
+}

@@ -81,7 +81,7 @@ function collectStrings(value: unknown): string[] {
   return [];
 }
 
-/** A fresh output prefix, so that `/run/secrets/...` lands in a temp dir. */
+/** Returns a fresh output prefix, so that `/run/secrets/...` lands in a temp dir. */
 function freshPrefix(): string {
   const prefix = join(scratch, `case-${++caseNumber}`);
   mkdirSync(join(prefix, "run/secrets"), { recursive: true });

@@ -85,7 +85,7 @@ function manager(lines: string, output: OutputConfig, extra: Partial<LeaseManage
   return created;
 }
 
-/** A crashed process holds no lock: lets a second manager in this process take the state file. */
+/** Releases the lock as a crash would, so that a second manager in this process can take the state file. */
 function crash(leases: LeaseManager): void {
   leases.store.unlock();
 }

@@ -121,7 +121,7 @@ test("sidecar counts a throttled batch as incomplete and reads the pending paths
   expect(sidecar.readiness().details.pendingCount).toBe(0);
 });
 
-test("sidecar keeps the last file of data it cannot render, reports it once and settles", async () => {
+test("sidecar settles data it cannot render", async () => {
   const { sidecar, out, metrics } = sidecarFor("baddata", "bad/env -> app.env format=env\nbad/b64 -> key.bin field=key encoding=base64");
   await put("bad/env", { user: "app", pass: `${SECRET_MARK}-d` });
   await put("bad/b64", { key: Buffer.from("hello").toString("base64") });

@@ -61,7 +61,9 @@ export async function runAction(args: Record<string, unknown>, action: (context:
     if (fatal !== undefined) status = EXIT_CODES.internal;
   } catch (error) {
     // A run cut short by a signal exits as the shell reports a signal: 128 + its number.
-    status = stoppedBy ? 128 + (stoppedBy === "SIGINT" ? 2 : 15) : exitCodeOf(error);
+    status = exitCodeOf(error);
+    if (stoppedBy === "SIGINT") status = 130;
+    if (stoppedBy === "SIGTERM") status = 143;
     if (fatal !== undefined) status = EXIT_CODES.internal;
     log.error(error instanceof AgentError ? "Command failed" : "Unexpected failure", {
       ...errorFields(error),

@@ -41,7 +41,7 @@ export function createCsiMetrics(
   const mounts = registry.counter("scaivault_csi_mounts_total", "Mount calls by result", ["result"]);
   const mountErrors = registry.counter("scaivault_csi_mount_errors_total", "Failed Mount calls by gRPC status code", ["code"]);
   const mountSeconds = registry.counter("scaivault_csi_mount_duration_seconds_total", "Seconds spent in Mount calls");
-  const mountsAborted = registry.counter("scaivault_csi_mounts_aborted_total", "Mount calls answered UNAVAILABLE because the provider stopped");
+  const mountsAborted = registry.counter("scaivault_csi_mounts_aborted_total", "Mount calls failed with UNAVAILABLE because the provider stopped");
   const mountsRejected = registry.counter("scaivault_csi_mounts_rejected_total", "Mount calls refused because the queue was full");
   const mountsActive: Gauge = registry.gauge("scaivault_csi_mounts_active", "Mount calls running");
   const mountsQueued: Gauge = registry.gauge("scaivault_csi_mounts_queued", "Mount calls waiting for a slot");

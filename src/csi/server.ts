@@ -247,8 +247,8 @@ class CallTracker {
 }
 
 /**
- * Runs one Mount and answers it exactly once. An abort by a stop answers UNAVAILABLE at once,
- * even when the mount does not end promptly. Every status message is capped by
+ * Runs one Mount and responds to it exactly once. An abort by a stop responds UNAVAILABLE at
+ * once, even when the mount does not end promptly. Every status message is capped by
  * `capStatusMessage`, because trailers over the client's limit close the whole connection.
  */
 function serveMount(
@@ -266,7 +266,7 @@ function serveMount(
     try {
       reply();
     } catch (error) {
-      log.error("Cannot send the Mount answer", { status, ...errorFields(error) });
+      log.error("Cannot send the Mount response", { status, ...errorFields(error) });
     }
   };
   const fail = (error: unknown) => {

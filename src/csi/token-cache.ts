@@ -35,11 +35,11 @@ export interface TokenCacheOptions {
 /**
  * Checks the pod's projected token against the pod context and returns the cache key of its
  * service account. A cached ScaiVault token skips the exchange in which ScaiVault would check the
- * pod's token, so this check must reject every token that ScaiVault would: it requires a JWT whose
+ * pod's token, so this check must reject every token that ScaiVault would. It requires a JWT whose
  * `sub` is exactly `system:serviceaccount:<pod namespace>:<pod service account>`, whose `exp` is a
- * number in the future, and whose `aud` contains the audience. It does not verify the signature:
- * the kubelet sent the token, and the exchange, which ScaiVault verifies, comes first for each
- * service account.
+ * number in the future, and whose `aud` contains the audience. It does not verify the signature,
+ * because the kubelet sent the token and the exchange, which ScaiVault verifies, comes first for
+ * each service account.
  *
  * @throws AgentError `auth` naming the problem (never the token) when a check fails.
  */

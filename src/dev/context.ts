@@ -42,7 +42,7 @@ export type DevEnv = { Variables: DevVariables };
 export type DevApp = Hono<DevEnv>;
 export type DevRequestContext = Context<DevEnv>;
 
-/** Everything the dev server holds in memory. Tests inspect it through `DevServer.state`. */
+/** State that the dev server keeps in memory. Tests inspect it through `DevServer.state`. */
 export interface DevState {
   readonly rootToken: string;
   readonly secrets: SecretStore;
@@ -58,7 +58,7 @@ export interface DevState {
   readonly stopped: AbortSignal;
 }
 
-/** What a route plugin receives besides the app. */
+/** Context that a route plugin receives besides the app. */
 export interface DevContext {
   readonly state: DevState;
   /** The dev config file; `config.engines` is passed through unparsed. */

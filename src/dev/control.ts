@@ -4,7 +4,7 @@
  *
  * - `POST /v1/dev/faults`: add a fault (`method`, `path_prefix`, `status`, `code`, `count`,
  *   `retry_after`, `delay_ms`). `GET` lists the active faults and `DELETE` clears them.
- * - `POST /v1/dev/tokens/revoke-all`: every issued token answers `401 token_revoked` from now on.
+ * - `POST /v1/dev/tokens/revoke-all`: every issued token gets `401 token_revoked` from now on.
  * - `POST /v1/dev/rate-limits/reset`: every rate-limit bucket is full again.
  * - `GET /v1/dev/stats`: request counts per `METHOD /route` and the subscriptions;
  *   `DELETE /v1/dev/stats` sets the counts to zero.

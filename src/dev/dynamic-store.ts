@@ -128,8 +128,8 @@ export class DynamicStore {
         });
       }
 
-      const wanted = now + Math.max(1000, incrementMs ?? lease.role.defaultTtlMs);
-      const expiresAt = Math.min(wanted, lease.maxExpiresAt);
+      const requestedExpiry = now + Math.max(1000, incrementMs ?? lease.role.defaultTtlMs);
+      const expiresAt = Math.min(requestedExpiry, lease.maxExpiresAt);
       try {
         await (await this.#plugin(lease.engine)).renew(lease.role, lease.username, expiresAt);
       } catch (error) {
@@ -140,7 +140,7 @@ export class DynamicStore {
       lease.expiresAt = expiresAt;
       lease.renewals += 1;
       this.#scheduleExpiry(lease);
-      this.#log.info("lease renewed", { lease: leaseId, expiresAt: new Date(expiresAt).toISOString(), capped: expiresAt < wanted });
+      this.#log.info("lease renewed", { lease: leaseId, expiresAt: new Date(expiresAt).toISOString(), capped: expiresAt < requestedExpiry });
       return this.#body(lease, Math.floor((expiresAt - now) / 1000));
     });
   }

@@ -22,7 +22,7 @@ export class JwtError extends Error {
 
 /** Checks JWT signatures against the keys of a PEM file or a JWKS file. */
 export interface JwtVerifier {
-  /** Where the keys came from, for logs. */
+  /** Source of the keys, for logs. */
   readonly source: string;
   /**
    * Imports the keys. `verify` calls it too, so the server only calls it to fail at start.
@@ -183,7 +183,9 @@ async function importJwks(jwks: JsonWebKey[], file: string): Promise<Verificatio
 
   for (const [index, jwk] of jwks.entries()) {
     const kid = typeof (jwk as { kid?: unknown }).kid === "string" ? (jwk as { kid: string }).kid : undefined;
-    const alg: Algorithm | undefined = jwk.kty === "RSA" ? "RS256" : jwk.kty === "EC" && jwk.crv === "P-256" ? "ES256" : undefined;
+    let alg: Algorithm | undefined;
+    if (jwk.kty === "RSA") alg = "RS256";
+    if (jwk.kty === "EC" && jwk.crv === "P-256") alg = "ES256";
     if (!alg) {
       problems.push(`key ${index}: kty ${JSON.stringify(jwk.kty)} / crv ${JSON.stringify(jwk.crv)} is not RSA or EC P-256`);
       continue;

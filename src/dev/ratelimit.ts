@@ -59,7 +59,7 @@ export class RateLimiter {
     }
   }
 
-  /** Takes `units` from the bucket of (`identityId`, `category`) when it holds enough. */
+  /** Takes `units` from the bucket of (`identityId`, `category`) when it contains enough. */
   take(identityId: string, category: RateLimitCategory, units = 1): RateLimitStatus {
     return this.#update(identityId, category, units);
   }
@@ -90,7 +90,8 @@ export class RateLimiter {
 
     const missing = Math.max(0, units - bucket.tokens);
     // A limit of 0 never refills: tell the client to come back after the whole window.
-    const retryAfter = allowed ? 0 : perMs === 0 ? 60 : Math.max(1, Math.ceil(missing / perMs / 1000));
+    let retryAfter = 0;
+    if (!allowed) retryAfter = perMs === 0 ? 60 : Math.max(1, Math.ceil(missing / perMs / 1000));
     const fullInMs = perMs === 0 ? 60_000 : (limit - bucket.tokens) / perMs;
 
     return {

@@ -22,7 +22,7 @@ export class RequestStats {
     return this.#counts.get(key) ?? 0;
   }
 
-  /** All counts, sorted by key. */
+  /** Returns all counts, sorted by key. */
   snapshot(): Record<string, number> {
     return Object.fromEntries([...this.#counts.entries()].sort(([a], [b]) => a.localeCompare(b)));
   }

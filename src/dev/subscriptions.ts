@@ -31,7 +31,7 @@ export interface EventEnvelope {
   request_id: string;
 }
 
-/** What a caller asks for when creating a subscription, already validated. */
+/** Validated request of a caller that creates a subscription. */
 export interface SubscriptionInput {
   name: string;
   paths: string[];

@@ -103,8 +103,8 @@ export async function startSidecar(env: Record<string, string | undefined>, opti
 
 /** Reads one sample of `name` with exactly `labels` from a /metrics text, or undefined. */
 export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  const wanted = Object.entries(labels).sort(([a], [b]) => a.localeCompare(b)).map(([key, value]) => `${key}="${value}"`).join(",");
-  const prefix = wanted ? `${name}{${wanted}} ` : `${name} `;
+  const labelText = Object.entries(labels).sort(([a], [b]) => a.localeCompare(b)).map(([key, value]) => `${key}="${value}"`).join(",");
+  const prefix = labelText ? `${name}{${labelText}} ` : `${name} `;
   const line = text.split("\n").find((entry) => entry.startsWith(prefix));
   return line === undefined ? undefined : Number(line.slice(prefix.length));
 }
